@@ -1,0 +1,1 @@
+"""The reference model: processes, address spaces and syscalls with Linux x86-64 semantics."""

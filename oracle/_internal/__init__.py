@@ -1,0 +1,1 @@
+"""The oracle's engine; no stability promise."""

@@ -1,0 +1,1 @@
+"""What must always be true, stated once: the ABI, profiles, the trace contract, invariants."""
