@@ -1,0 +1,122 @@
+"""One differential case end to end: compile a program, run it on a backend, check the trace.
+
+Everything that runs cases (fuzz, replay, gate, zoo) goes through `run_case`, so a reproducer
+replays exactly the way it was found.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...specs.profiles import PROFILES, Profile
+from ...specs.trace import Budget, Trace
+from ..errors import InvalidArgument
+from ..program import Program
+
+BACKENDS = ("impl", "linux")
+FORK_STRATEGIES = ("eager", "cow")
+
+
+@dataclass(frozen=True)
+class Config:
+    """How a case is run: which backend, with what planted, under which budget."""
+    backend: str = "impl"
+    fork_strategy: str = "eager"
+    plant: frozenset[str] = frozenset()
+    budget: Budget = field(default_factory=lambda: Budget(instructions=2_000_000, wall_seconds=5.0))
+    check_invariants: bool = False       # impl only: evaluate specs' invariants after every event
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InvalidArgument(f"backend={self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        if self.fork_strategy not in FORK_STRATEGIES:
+            raise InvalidArgument(
+                f"fork strategy={self.fork_strategy!r}: expected one of {', '.join(FORK_STRATEGIES)}")
+        if self.plant and self.backend != "impl":
+            raise InvalidArgument("bugs can be planted only in the impl backend (--backend impl)")
+        if self.plant:
+            from ...impl.zoo import BUGS
+            unknown = sorted(set(self.plant) - set(BUGS))
+            if unknown:
+                raise InvalidArgument(f"unknown bug {unknown[0]!r}; the zoo has: {', '.join(sorted(BUGS))}")
+
+    @property
+    def profile(self) -> Profile:
+        return PROFILES["levitate" if self.backend == "impl" else "linux"]
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "backend": self.backend,
+            "fork-strategy": self.fork_strategy,
+            "plant": ",".join(sorted(self.plant)) or "-",
+        }
+
+
+@dataclass
+class CaseResult:
+    program: Program
+    verdict: Any                # oracle.check.Verdict
+    trace: Trace
+    build: Any                  # oracle._internal.codegen.Build
+
+    @property
+    def diverged(self) -> bool:
+        return self.verdict.status == "divergence"
+
+
+_BACKEND_CACHE: dict[tuple, Any] = {}
+
+
+def make_backend(config: Config) -> Any:
+    """The backend for a config; backends are reusable across runs (impl keeps a booted machine)."""
+    key = (config.backend, config.fork_strategy, config.plant)
+    backend = _BACKEND_CACHE.get(key)
+    if backend is None:
+        if config.backend == "impl":
+            from ...impl.backend import ImplBackend
+            backend = ImplBackend(fork_strategy=config.fork_strategy, plant=frozenset(config.plant))
+        else:
+            from .linux import LinuxBackend
+            backend = LinuxBackend()
+        _BACKEND_CACHE[key] = backend
+    return backend
+
+
+def run_case(program: Program, config: Config) -> CaseResult:
+    """Compile, run and check one program."""
+    from ..check import check
+    from .codegen import compile_program
+
+    build = compile_program(program)
+    backend = make_backend(config)
+    state_check = None
+    kwargs: dict[str, Any] = {}
+    if config.check_invariants and config.backend == "impl":
+        from ..abstraction import check_invariants
+        violations: list[tuple[int, list[str]]] = []
+
+        def on_event(event: Any, kernel: Any) -> None:
+            broken = check_invariants(kernel.raw_state())
+            if broken:
+                violations.append((len(violations), broken))
+
+        kwargs["on_event"] = on_event
+        state_check = violations
+    trace = backend.run(build.images, build.entry, config.budget, **kwargs)
+    verdict = check(program, build, trace, config.profile)
+    if state_check and verdict.status == "pass":
+        from ..check import Divergence, Verdict
+        _, broken = state_check[0]
+        verdict = Verdict(
+            status="divergence",
+            divergence=Divergence(
+                event_index=-1, process="kernel", step="(kernel state)",
+                expected="all invariants hold", observed="violated: " + ", ".join(broken),
+                detail="", signature=("invariant", broken[0], "violated")),
+            reason="kernel invariant violated", coverage=verdict.coverage)
+    return CaseResult(program=program, verdict=verdict, trace=trace, build=build)
+
+
+def with_budget(config: Config, **changes: Any) -> Config:
+    return dataclasses.replace(config, budget=dataclasses.replace(config.budget, **changes))
