@@ -232,9 +232,9 @@ def replay_file(path: Path, backend: str | None = None) -> tuple[str, Any]:
 
     from ._internal import corpus
     from ._internal.pipeline import Config, run_case
-    from .encoding import loads
 
     repro = corpus.load(path)
+    from .encoding import loads
     program = loads(repro.program_text)
     plant = frozenset(p for p in repro.meta.get("plant", "-").split(",") if p and p != "-")
     config = Config(backend=repro.meta.get("backend", "impl"),

@@ -81,7 +81,7 @@ def default_strategy() -> Any:
 def search(config: Config, seed: int, deadline: float, corpus: Path | None,
            known: set[str], on_case: Callable[[CaseResult], None] | None = None,
            stop_at_first: bool = False, strategy: Any = None,
-           max_examples: int | None = None) -> list[CaseResult]:
+           max_examples: int | None = None, minimize_tries: int = 300) -> list[CaseResult]:
     """Search until `deadline` (time.monotonic) or `max_examples` cases; return the shrunk
     divergences found (one per new signature)."""
     strategy = strategy if strategy is not None else default_strategy()
@@ -121,6 +121,8 @@ def search(config: Config, seed: int, deadline: float, corpus: Path | None,
         result = run_case(program, config)
         if not result.diverged:       # flaky under replay: keep the first sighting instead
             result = first[0]
+        elif minimize_tries:
+            result = _minimize_result(result, config, minimize_tries)
         for candidate in {id(r): r for r in (first[0], result)}.values():
             key = corpus_mod.signature_key(candidate.verdict.divergence.signature)
             if key not in known:
@@ -132,6 +134,25 @@ def search(config: Config, seed: int, deadline: float, corpus: Path | None,
             break
         seed = rng.randrange(1 << 32)
     return found
+
+
+def _minimize_result(result: CaseResult, config: Config, tries: int) -> CaseResult:
+    """Hypothesis shrinks by its own measure; finish with the program-level minimiser, keeping
+    the divergence's signature so the reproducer still shows the same bug."""
+    from ..minimize import minimize
+
+    signature = result.verdict.divergence.signature
+    best = [result]
+
+    def same_divergence(program: Program) -> bool:
+        candidate = run_case(program, config)
+        if candidate.diverged and candidate.verdict.divergence.signature == signature:
+            best[0] = candidate
+            return True
+        return False
+
+    smallest = minimize(result.program, same_divergence, max_tries=tries)
+    return best[0] if best[0].program == smallest else result
 
 
 # --- processes ---------------------------------------------------------------------------------
