@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
-from ..specs.abi import U64
+from ..specs.abi import MMAP_MIN_ADDR, PAGE_SIZE, TASK_SIZE, U64
+from ._internal.elf import MUTATIONS
 from .errors import InvalidProgram
 
 
@@ -89,6 +90,8 @@ class Step:
                 raise InvalidProgram(f"{self.op} returns no value to name r{self.result}")
             if self.result < 1:
                 raise InvalidProgram(f"result number r{self.result} must be >= 1")
+        if self.op == "execve" and not (isinstance(self.args[0], int) and 0 <= self.args[0] < 1 << 16):
+            raise InvalidProgram(f"execve image index={self.args[0]!r} must be a constant in [0, 65536)")
         is_fork = self.op in FORK_OPS
         if is_fork != (self.child is not None) or is_fork != (self.parent is not None):
             raise InvalidProgram(f"{self.op}: child and parent continuations go with fork, vfork and clone only")
@@ -102,12 +105,35 @@ class ElfSpec:
     `layout`: "split" (text and data on separate pages), "shared" (text ends and data starts on
     one page), "single" (one RWX segment). `bss`: bytes of zero-fill beyond the data's file size.
     `mutation`: None for a well-formed image, else the name of a malformation (see elf.py).
+    `base`: the link-time address of the text for "exec"; "dyn" images are linked at 0 and ignore it.
+    `text`: the text PT_LOAD's rights ("rx" normally; "single" layouts are always "rwx").
+    `stack`: PT_GNU_STACK's rights, or None to omit the header.
     """
     etype: str = "exec"
     base: int = 0x40_0000
     layout: str = "split"
     bss: int = 0
     mutation: str | None = None
+    text: str = "rx"
+    stack: str | None = "rw"
+
+    def __post_init__(self) -> None:
+        if self.etype not in ("exec", "dyn"):
+            raise InvalidProgram(f"image etype={self.etype!r} must be 'exec' or 'dyn'")
+        if self.layout not in LAYOUTS:
+            raise InvalidProgram(f"image layout={self.layout!r} must be one of {', '.join(LAYOUTS)}")
+        if self.base % PAGE_SIZE or not MMAP_MIN_ADDR <= self.base < TASK_SIZE:
+            raise InvalidProgram(f"image base={self.base:#x} must be page aligned in [{MMAP_MIN_ADDR:#x}, {TASK_SIZE:#x})")
+        if not 0 <= self.bss < 1 << 32:
+            raise InvalidProgram(f"image bss={self.bss:#x} must be in [0, 2**32)")
+        for name, rights in (("text", self.text), ("stack", self.stack)):
+            if rights is not None and (not rights or set(rights) - set("rwx") or len(set(rights)) != len(rights)):
+                raise InvalidProgram(f"image {name}={rights!r} must be letters from 'rwx', e.g. 'rx'")
+        if self.mutation is not None and self.mutation not in MUTATIONS:
+            raise InvalidProgram(f"image mutation={self.mutation!r} is unknown; known: {', '.join(sorted(MUTATIONS))}")
+
+
+LAYOUTS = ("split", "shared", "single")
 
 
 @dataclass(frozen=True)
@@ -132,6 +158,9 @@ class Program:
     def __post_init__(self) -> None:
         if not self.images:
             raise InvalidProgram("a program needs at least one image")
+        if self.images[0].elf.mutation is not None:
+            raise InvalidProgram(f"image 0 must be well formed (mutation={self.images[0].elf.mutation!r}); "
+                                 "malformed images are reached by execve")
         for index, image in enumerate(self.images):
             _validate_image(index, image)
 
