@@ -6,12 +6,14 @@ replays exactly the way it was found.
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ...specs.profiles import PROFILES, Profile
 from ...specs.trace import Budget, Trace
-from ..errors import InvalidArgument
+from ..errors import ForkspecError, InvalidArgument
 from ..program import Program
 
 BACKENDS = ("impl", "linux")
@@ -103,7 +105,12 @@ def run_case(program: Program, config: Config) -> CaseResult:
 
         kwargs["on_event"] = on_event
         state_check = violations
-    trace = backend.run(build.images, build.entry, config.budget, **kwargs)
+    try:
+        trace = backend.run(build.images, build.entry, config.budget, **kwargs)
+    except ForkspecError:
+        raise
+    except Exception as err:        # noqa: BLE001 — a crash of the kernel under test is a finding
+        return CaseResult(program=program, verdict=_crash_verdict(err), trace=Trace((), config.backend), build=build)
     verdict = check(program, build, trace, config.profile)
     if state_check and verdict.status == "pass":
         from ..check import Divergence, Verdict
@@ -116,6 +123,21 @@ def run_case(program: Program, config: Config) -> CaseResult:
                 detail="", signature=("invariant", broken[0], "violated")),
             reason="kernel invariant violated", coverage=verdict.coverage)
     return CaseResult(program=program, verdict=verdict, trace=trace, build=build)
+
+
+def _crash_verdict(err: Exception) -> Any:
+    """A Python exception escaping a backend is the kernel panicking (impl) or the tracer
+    failing: report it as a divergence whose signature names the exception and where it was
+    raised, so distinct crashes are kept apart and the program that causes one is shrunk."""
+    from ..check import Divergence, Verdict
+
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else "?"
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-6:])
+    return Verdict(status="divergence", reason="backend crashed", coverage=frozenset(),
+                   divergence=Divergence(event_index=-1, process="kernel", step="(backend run)",
+                                         expected="the kernel keeps running", observed=f"{type(err).__name__}: {err}",
+                                         detail=text, signature=("crash", type(err).__name__, where)))
 
 
 def with_budget(config: Config, **changes: Any) -> Config:
