@@ -13,6 +13,7 @@ PAGE_SIZE = 1 << PAGE_SHIFT                 # 4 KiB pages; no huge pages in the 
 PAGE_MASK = ~(PAGE_SIZE - 1) & 0xFFFF_FFFF_FFFF_FFFF
 TASK_SIZE = 0x7FFF_FFFF_F000                # top of user space with 4-level paging (one guard page)
 MMAP_MIN_ADDR = 0x1_0000                    # max(vm.mmap_min_addr, CONFIG_LSM_MMAP_MIN_ADDR) for uid != 0
+DAC_MMAP_MIN_ADDR = 0x1000                  # vm.mmap_min_addr: MAP_FIXED below it needs CAP_SYS_RAWIO (EPERM)
 U64 = 0xFFFF_FFFF_FFFF_FFFF
 
 

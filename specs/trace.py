@@ -14,6 +14,8 @@ Ordering rules every backend keeps:
   no return yields `Signal(SIGSEGV, SI_KERNEL, 0)` and `Exit`, and no `Syscall` event.
 - A user-visible fault yields `Signal` then `Exit`. Faults the kernel resolves itself
   (demand-zero, copy-on-write) are not events.
+- write(1|2) yields `Output` (the bytes the kernel took, `result` of them) immediately before its
+  `Syscall` event; no `Output` when the result is <= 0.
 - `Report` events are the report channel (specs.abi.REPORT_NR); `observe` reports are followed by
   the `Observation` the backend took at that moment.
 - A run that exhausts a budget ends with `Inconclusive`; nothing after it is checked.
@@ -70,7 +72,8 @@ class Layout:
     """What the kernel chose for a new image (contract 5): read off the trace by the model.
 
     `regions`: kernel-owned regions as `(name, start, end)` — "stack", "vdso", "vvar", "tls" —
-    whose contents are masked in observations (their rights are still compared).
+    whose contents are masked in observations (their rights are still compared). One entry per
+    kernel mapping: Linux >= 6.13 maps "vvar_vclock" as a second special mapping after "vvar".
     """
     regions: tuple[tuple[str, int, int], ...]
     brk: int                        # the initial program break
