@@ -51,9 +51,11 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
 
 
-def _add_kernel_options(parser: argparse.ArgumentParser, plant_many: bool = True) -> None:
-    parser.add_argument("--backend", choices=("impl", "linux"), default="impl",
-                        help="where programs run (default: impl, the Unicorn kernel)")
+def _add_kernel_options(parser: argparse.ArgumentParser, backends: tuple[str, ...] = ("impl", "linux")) -> None:
+    parser.add_argument("--backend", choices=backends, default="impl",
+                        help="where programs run: impl (the Unicorn kernel, default), linux (this machine's "
+                             "kernel under ptrace)" + (", three-way (both, each checked against the model)"
+                                                      if "three-way" in backends else ""))
     parser.add_argument("--fork-strategy", choices=("eager", "cow"), default="eager",
                         help="impl's fork: eager copy by VMA or copy-on-write (default: eager)")
     parser.add_argument("--plant", action="append", default=[], metavar="BUG",
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="instruction budget (impl; default 50M)")
 
     fuzz = sub.add_parser("fuzz", help="run a differential fuzzing campaign (the main job)")
-    _add_kernel_options(fuzz)
+    _add_kernel_options(fuzz, ("impl", "linux", "three-way"))
     fuzz.add_argument("--time", type=_positive_float, default=None, metavar="SECONDS",
                       help="time budget (default 60 s unless --examples is given)")
     fuzz.add_argument("--examples", type=_positive_int, default=None, help="budget in cases")
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="rerun reproducers; exit 1 if any still diverges")
     replay.add_argument("files", nargs="+", metavar="FILE")
-    replay.add_argument("--backend", choices=("impl", "linux"), default=None,
+    replay.add_argument("--backend", choices=("impl", "linux", "three-way"), default=None,
                         help="override the backend recorded in each reproducer")
 
     gate = sub.add_parser("gate", help="CI regression gate: proofs, corpus, fixed-seed fuzz budget")
@@ -183,7 +185,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
     config = Config(backend=args.backend, fork_strategy=args.fork_strategy, plant=frozenset(args.plant),
                     check_invariants=args.check_invariants)
-    if args.backend == "linux":
+    if args.backend in ("linux", "three-way"):
         from ._internal.linux import LinuxBackend
         ok, why = LinuxBackend.available()
         if not ok:
@@ -216,11 +218,12 @@ def _coverage_summary(coverage: set[str]) -> str:
         return "coverage: (none recorded)"
     by_group: dict[str, list[str]] = {}
     for item in sorted(coverage):
-        group, _, rest = item.partition(":")
-        by_group.setdefault(group, []).append(rest or group)
-    lines = [f"coverage: {len(coverage)} model clauses exercised"]
-    for group, items in sorted(by_group.items()):
-        lines.append(f"  {group:<12} {len(items):3d}  {', '.join(items[:12])}{' ...' if len(items) > 12 else ''}")
+        group, _, clause = item.partition(".")       # the checker names clauses "syscall.clause"
+        by_group.setdefault(group, []).append(clause or "-")
+    lines = [f"coverage: {len(coverage)} model clauses exercised, by syscall or step:"]
+    for group, clauses in sorted(by_group.items()):
+        shown = ", ".join(clauses[:10]) + (" ..." if len(clauses) > 10 else "")
+        lines.append(f"  {group:<12} {shown}")
     return "\n".join(lines)
 
 
@@ -240,7 +243,7 @@ def replay_file(path: Path, backend: str | None = None) -> tuple[str, Any]:
     config = Config(backend=repro.meta.get("backend", "impl"),
                     fork_strategy=repro.meta.get("fork-strategy", "eager"), plant=plant)
     if backend is not None:
-        config = dataclasses.replace(config, backend=backend, plant=plant if backend == "impl" else frozenset())
+        config = dataclasses.replace(config, backend=backend, plant=plant if backend != "linux" else frozenset())
     result = run_case(program, config)
     return result.verdict.status, result
 

@@ -16,7 +16,8 @@ from ...specs.trace import Budget, Trace
 from ..errors import ForkspecError, InvalidArgument
 from ..program import Program
 
-BACKENDS = ("impl", "linux")
+BACKENDS = ("impl", "linux", "three-way")
+LINUX_RERUNS = 3             # a divergence on Linux is recorded only if every rerun shows it too
 FORK_STRATEGIES = ("eager", "cow")
 
 
@@ -35,8 +36,8 @@ class Config:
         if self.fork_strategy not in FORK_STRATEGIES:
             raise InvalidArgument(
                 f"fork strategy={self.fork_strategy!r}: expected one of {', '.join(FORK_STRATEGIES)}")
-        if self.plant and self.backend != "impl":
-            raise InvalidArgument("bugs can be planted only in the impl backend (--backend impl)")
+        if self.plant and self.backend == "linux":
+            raise InvalidArgument("bugs can be planted only in impl (--backend impl or three-way)")
         if self.plant:
             from ...impl.zoo import BUGS
             unknown = sorted(set(self.plant) - set(BUGS))
@@ -45,7 +46,7 @@ class Config:
 
     @property
     def profile(self) -> Profile:
-        return PROFILES["levitate" if self.backend == "impl" else "linux"]
+        return PROFILES["linux" if self.backend == "linux" else "levitate"]
 
     def describe(self) -> dict[str, str]:
         return {
@@ -86,25 +87,66 @@ def make_backend(config: Config) -> Any:
 
 
 def run_case(program: Program, config: Config) -> CaseResult:
-    """Compile, run and check one program."""
-    from ..check import check
+    """Compile, run and check one program.
+
+    three-way: the program runs on impl and on Linux, each trace checked against the model; the
+    first divergence (impl's, then Linux's) is the verdict, its signature naming the backend.
+    Linux: a divergence counts only if it shows on every one of LINUX_RERUNS reruns with the same
+    signature; otherwise the case is inconclusive (flaky), never a divergence."""
     from .codegen import compile_program
 
     build = compile_program(program)
+    if config.backend == "three-way":
+        impl_result = _run_built(program, build, dataclasses.replace(config, backend="impl"))
+        if impl_result.diverged:
+            return _labelled(impl_result, "impl")
+        linux_result = _run_built(program, build, dataclasses.replace(config, backend="linux", plant=frozenset()))
+        if linux_result.diverged:
+            return _labelled(linux_result, "linux")
+        return impl_result if impl_result.verdict.status != "pass" else linux_result
+    return _run_built(program, build, config)
+
+
+def _labelled(result: CaseResult, backend: str) -> CaseResult:
+    from ..check import Verdict
+    div = result.verdict.divergence
+    div = dataclasses.replace(div, signature=(f"{backend}: {div.signature[0]}",) + tuple(div.signature[1:]))
+    return dataclasses.replace(result, verdict=dataclasses.replace(result.verdict, divergence=div))
+
+
+def _run_built(program: Program, build: Any, config: Config) -> CaseResult:
+    result = _run_once(program, build, config)
+    if config.backend != "linux" or not result.diverged:
+        return result
+    signature = result.verdict.divergence.signature
+    for attempt in range(LINUX_RERUNS):
+        again = _run_once(program, build, config)
+        if not again.diverged or again.verdict.divergence.signature != signature:
+            from ..check import Verdict
+            return dataclasses.replace(result, verdict=Verdict(
+                status="inconclusive", divergence=None, coverage=result.verdict.coverage,
+                reason=f"flaky on Linux: diverged once ({' | '.join(signature)}), rerun {attempt + 1} gave "
+                       f"{again.verdict.status}"))
+    return result
+
+
+def _run_once(program: Program, build: Any, config: Config) -> CaseResult:
+    from ..check import check
     backend = make_backend(config)
-    state_check = None
     kwargs: dict[str, Any] = {}
+    first_violation: list[tuple[int, Any, list[str]]] = []
     if config.check_invariants and config.backend == "impl":
         from ..abstraction import check_invariants
-        violations: list[tuple[int, list[str]]] = []
+        seen = [0]
 
         def on_event(event: Any, kernel: Any) -> None:
-            broken = check_invariants(kernel.raw_state())
-            if broken:
-                violations.append((len(violations), broken))
+            seen[0] += 1
+            if not first_violation:          # the first broken state is the finding; later ones follow from it
+                broken = check_invariants(kernel.raw_state())
+                if broken:
+                    first_violation.append((seen[0] - 1, event, broken))
 
         kwargs["on_event"] = on_event
-        state_check = violations
     try:
         trace = backend.run(build.images, build.entry, config.budget, **kwargs)
     except ForkspecError:
@@ -112,16 +154,17 @@ def run_case(program: Program, config: Config) -> CaseResult:
     except Exception as err:        # noqa: BLE001 — a crash of the kernel under test is a finding
         return CaseResult(program=program, verdict=_crash_verdict(err), trace=Trace((), config.backend), build=build)
     verdict = check(program, build, trace, config.profile)
-    if state_check and verdict.status == "pass":
+    if first_violation and verdict.status != "divergence":
         from ..check import Divergence, Verdict
-        _, broken = state_check[0]
+        from .tracefmt import format_event
+        index, event, broken = first_violation[0]
         verdict = Verdict(
-            status="divergence",
+            status="divergence", reason="kernel invariant violated", coverage=verdict.coverage,
             divergence=Divergence(
-                event_index=-1, process="kernel", step="(kernel state)",
-                expected="all invariants hold", observed="violated: " + ", ".join(broken),
-                detail="", signature=("invariant", broken[0], "violated")),
-            reason="kernel invariant violated", coverage=verdict.coverage)
+                event_index=index, process="kernel", step=f"after {format_event(event)}",
+                expected="every proved invariant holds on impl's kernel state",
+                observed="violated: " + ", ".join(broken), detail="",
+                signature=("invariant", broken[0], "violated")))
     return CaseResult(program=program, verdict=verdict, trace=trace, build=build)
 
 
