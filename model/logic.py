@@ -147,3 +147,30 @@ def to_python(value: Any) -> Any:
     if isinstance(value, z3.IntNumRef):
         return value.as_long()
     return value
+
+
+# --- added by the model helper ----------------------------------------------------------------
+
+def first_true(cases: "list[tuple[Any, Any]]", default: Any) -> Any:
+    """The value of the first (condition, value) case whose condition holds, else `default` —
+    the order of a syscall's checks. Concrete conditions stop at the first true one."""
+    if not any(is_sym(c) for c, _ in cases):
+        for cond, value in cases:
+            if cond:
+                return value
+        return default
+    out = default
+    for cond, value in reversed(cases):
+        out = ite(cond, value, out)
+    return out
+
+
+def is_true(cond: Any) -> bool:
+    """A concrete condition that holds (False for every symbolic term): guards fast paths that
+    skip work the result cannot depend on."""
+    return not is_sym(cond) and bool(cond)
+
+
+def is_false(cond: Any) -> bool:
+    """A concrete condition that does not hold (False for every symbolic term)."""
+    return not is_sym(cond) and not cond

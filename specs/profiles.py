@@ -28,6 +28,9 @@ class Profile:
     max_processes: int | None            # fork beyond this may fail with EAGAIN
     # Errno codes the kernel may give for resource exhaustion at any allocating call.
     exhaustion_errnos: tuple[int, ...] = ()
+    # The pid orphans are re-parented to (and the root's parent), when the backend fixes it;
+    # None: learned from the trace (Linux: the tracer, a subreaper).
+    reaper_pid: int | None = None
 
 
 LEVITATE_STACK_TOP = 0x7FFF_FFFF_0000
@@ -46,6 +49,7 @@ LEVITATE = Profile(
     brk_random=False,
     frame_budget=16384,                  # 64 MiB of emulated physical memory
     max_processes=64,
+    reaper_pid=1,                        # impl's init
 )
 
 LINUX = Profile(
