@@ -7,6 +7,7 @@ Exit 0 only if everything passes.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -31,12 +32,16 @@ class GateCase:
 
 def _proof_cases() -> list[GateCase]:
     from ...specs import prove
-    results = prove.run()
+    results = prove.run(jobs=max(1, os.cpu_count() or 1))
     cases = []
     for r in results:
-        ok = r.verdict == "proved"
+        # A skipped obligation is reported as skipped, with its reason, in every report
+        # (never as a pass, never hidden); unknown and timeouts are failures.
+        skipped = r.verdict == "skipped"
+        ok = r.verdict == "proved" or skipped
         cases.append(GateCase("proofs", r.obligation, ok, r.seconds,
-                              "" if ok else f"{r.verdict}\n{r.counterexample or ''}"))
+                              "" if r.verdict == "proved" else f"{r.verdict}: {r.counterexample or ''}".strip(),
+                              skipped=skipped))
     return cases
 
 
@@ -106,8 +111,9 @@ def run_gate(corpus: Path, examples: int, seed: int, junit: Path | None, proofs:
         got = stage()
         cases += got
         failed = [c for c in got if not c.ok and not c.skipped]
-        out.write(f"{name:<7} {len(got) - len(failed):4d} passed  {len(failed):3d} failed  "
-                  f"{time.perf_counter() - start:6.1f} s\n")
+        skipped = [c for c in got if c.skipped]
+        out.write(f"{name:<7} {len(got) - len(failed) - len(skipped):4d} passed  {len(failed):3d} failed  "
+                  f"{len(skipped):3d} skipped  {time.perf_counter() - start:6.1f} s\n")
         for case in failed[:5]:
             first = case.message.splitlines()[0] if case.message else ""
             out.write(f"   FAIL {case.name}: {first}\n")
@@ -118,5 +124,7 @@ def run_gate(corpus: Path, examples: int, seed: int, junit: Path | None, proofs:
         write_junit(junit, cases)
         out.write(f"JUnit report: {junit}\n")
     failed = sum(not c.ok and not c.skipped for c in cases)
-    out.write(f"gate: {'PASS' if not failed else 'FAIL'} ({len(cases) - failed} passed, {failed} failed)\n")
+    skipped = sum(c.skipped for c in cases)
+    out.write(f"gate: {'PASS' if not failed else 'FAIL'} ({len(cases) - failed - skipped} passed, {failed} failed, "
+              f"{skipped} skipped)\n")
     return 0 if not failed else 1

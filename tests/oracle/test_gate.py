@@ -1,0 +1,46 @@
+"""forkspec gate: corpus expectations, JUnit output, exit codes."""
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from forkspec.oracle._internal import corpus
+from forkspec.oracle._internal.gate import run_gate
+from forkspec.oracle.encoding import dumps
+from forkspec.oracle.program import Image, Program, Ref, Step
+
+# Fork with nothing else: with elf-no-vmas planted the child faults on its first instruction.
+FORK_STEP = Step("fork", (), result=1, child=(Step("exit", (3,)),), parent=(Step("wait4", (Ref(1), 0), result=2),))
+FORK = Program((Image((FORK_STEP,)),))
+QUIET = Program((Image((Step("getpid", (), result=1),)),))
+
+
+def repro(program: Program, plant: str) -> corpus.Reproducer:
+    return corpus.Reproducer(meta={"backend": "impl", "fork-strategy": "eager", "plant": plant,
+                                   "signature": f"test {plant} {len(program.steps)}"},
+                             divergence="", program_text=dumps(program))
+
+
+def gate(tmp_path: Path, *repros: corpus.Reproducer) -> tuple[int, str, ET.Element]:
+    for r in repros:
+        corpus.save(tmp_path / "corpus", r)
+    out = io.StringIO()
+    code = run_gate(tmp_path / "corpus", examples=20, seed=0, junit=tmp_path / "gate.xml", proofs=False, out=out)
+    return code, out.getvalue(), ET.parse(tmp_path / "gate.xml").getroot()
+
+
+def test_planted_bug_still_caught_and_fixed_bug_still_passing_pass_the_gate(tmp_path: Path) -> None:
+    code, text, junit = gate(tmp_path, repro(FORK, "elf-no-vmas"), repro(FORK, "-"))
+    assert code == 0, text
+    assert "gate: PASS" in text
+    corpus_suite = junit.find("testsuite[@name='corpus']")
+    assert corpus_suite.get("tests") == "2" and corpus_suite.get("failures") == "0"
+
+
+def test_a_reproducer_that_no_longer_catches_its_bug_fails_the_gate(tmp_path: Path) -> None:
+    code, text, junit = gate(tmp_path, repro(QUIET, "elf-no-vmas"))
+    assert code == 1
+    assert "expected divergence, got pass" in text
+    failure = junit.find(".//testcase/failure")
+    assert failure is not None and "expected divergence" in failure.get("message")
