@@ -3,7 +3,7 @@ and checked by the model; a divergence counts only if three reruns diverge with 
 signature (otherwise it is reported as flaky).
 
     .venv/bin/python bench/campaign_linux.py [--programs 10000] [--schedule child-first|parent-first]
-                                             [--seed 0] [--json out.json]
+                                             [--seed 0] [--json out.json] [--corpus DIR]
 
 Programs are drawn from `programs()` and `malformed_programs()` (3:1). Prints the counts, every
 divergence signature with its count and the shortest program that showed it, the kernel and the
@@ -19,6 +19,7 @@ import platform
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
@@ -42,12 +43,32 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def save_reproducer(corpus_dir: Path, program, build, trace, divergence, args) -> Path:
+    """A reproducer in the oracle's format (as oracle/_internal/campaign.py's reproducer_for
+    builds it), for the Linux backend with nothing planted."""
+    from forkspec.oracle import __version__
+    from forkspec.oracle._internal import corpus
+    from forkspec.oracle._internal.campaign import format_divergence
+    from forkspec.oracle._internal.disasm import disassemble_build
+
+    meta = {"forkspec": __version__, "backend": "linux", "fork-strategy": "eager", "plant": "-",
+            "seed": str(args.seed), "signature": " | ".join(divergence.signature),
+            "steps": str(program.step_count()), "platform": trace.platform or platform.release(),
+            "schedule": args.schedule}
+    repro = corpus.Reproducer(meta=meta, divergence=format_divergence(divergence), program_text=dumps(program),
+                              disassembly=disassemble_build(build), images=tuple(sorted(build.images.items())))
+    return corpus.save(corpus_dir, repro)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--programs", type=int, default=10_000)
     parser.add_argument("--schedule", choices=LinuxBackend.SCHEDULES, default="child-first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--corpus", default=None,
+                        help="save one reproducer per divergence signature here (the shortest program; "
+                             "`forkspec replay` reruns it on Linux)")
     args = parser.parse_args()
     ok, why = LinuxBackend.available()
     if not ok:
@@ -90,7 +111,11 @@ def main() -> int:
                 same += again.status == "divergence" and again.divergence.signature == d.signature
             key = tuple(d.signature) if same == 3 else ("flaky",) + tuple(d.signature)
             counts["flaky"] += same != 3
-            record(key, dumps(program), f"{d.process}: {d.step}\n  expected {d.expected}\n  observed {d.observed}")
+            name = " | ".join(map(str, key))
+            text = dumps(program)
+            if args.corpus and same == 3 and (name not in shortest or len(text) < len(shortest[name][0])):
+                save_reproducer(Path(args.corpus), program, build, trace, d, args)
+            record(key, text, f"{d.process}: {d.step}\n  expected {d.expected}\n  observed {d.observed}")
 
     case()
     elapsed = time.time() - start

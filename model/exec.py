@@ -16,6 +16,7 @@ off the Exec event; `allowed` checks it against the profile.
 """
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +25,10 @@ from ..specs.abi import DAC_MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, PRO
 from ..specs.profiles import LEVITATE_STACK_PAGES, Profile
 from ..specs.trace import Layout
 from .logic import neg
+from .predicates import is_special
 from .space import empty_data, empty_pages, empty_shared
-from .state import (ATTR_SIGBUS, REAPER, AddressSpace, Killed, Kind, Process, Result, Run, State, make_attr)
+from .state import (ATTR_REGION, ATTR_REGION_SHIFT, ATTR_SIGBUS, REAPER, AddressSpace, Killed, Kind, Process,
+                    Result, Run, State, make_attr)
 
 PT_LOAD, PT_INTERP = 1, 3
 PT_GNU_STACK = 0x6474E551
@@ -62,6 +65,21 @@ class ElfImage:
 
 def parse(data: bytes | None) -> ElfImage | int:
     """The image, or the errno execve returns before the point of no return."""
+    if data is None:
+        return Errno.ENOENT                                  # ENOENT: no such image
+    if type(data) is not bytes:
+        return _parse(bytes(data))
+    return _parse_cached(data)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_cached(data: bytes) -> ElfImage | int:
+    """parse() is pure and the checker asks about the same few images again and again (each
+    execve, each entry point); the result is an immutable ElfImage or an errno."""
+    return _parse(data)
+
+
+def _parse(data: bytes) -> ElfImage | int:
     if data is None:
         return Errno.ENOENT                                  # ENOENT: no such image
     buf = data[:BINPRM_BUF_SIZE].ljust(BINPRM_BUF_SIZE, b"\0")
@@ -216,15 +234,20 @@ def new_space(profile: Profile, image: ElfImage, layout: Layout) -> AddressSpace
     if isinstance(loaded, str):
         return loaded
     pages, data = loaded
-    for name, lo, hi in layout.regions:
+    for index, (name, lo, hi) in enumerate(layout.regions):
+        attr = _region_attr(name, profile)
+        if is_special(attr):
+            # Each named region is its own special VMA (munmap of exactly [vvar] succeeds next to
+            # [vvar_vclock]; measured on 6.18): its identity keeps neighbours from merging.
+            attr |= min(index + 1, ATTR_REGION >> ATTR_REGION_SHIFT) << ATTR_REGION_SHIFT
         if not name.startswith("stack"):
-            pages = pages.set(lo >> PAGE_SHIFT, hi >> PAGE_SHIFT, _region_attr(name, profile))
+            pages = pages.set(lo >> PAGE_SHIFT, hi >> PAGE_SHIFT, attr)
         if name.startswith("vvar"):
             # Measured on this machine (6.18): in [vvar] (4 pages) and [vvar_vclock] (2 pages) the
             # odd pages fault with SIGBUS (no timens page, no pvclock/hvclock page), for user loads
             # and kernel copies alike; the even ones read.
             for page in range((lo >> PAGE_SHIFT) + 1, hi >> PAGE_SHIFT, 2):
-                pages = pages.set(page, page + 1, _region_attr(name, profile) | ATTR_SIGBUS)
+                pages = pages.set(page, page + 1, attr | ATTR_SIGBUS)
     # Linux maps [vvar]/[vdso] top-down right below mmap_base at exec (6.x: get_unmapped_area), so
     # their top is mmap_base (measured with ADDR_NO_RANDOMIZE: both end at TASK_SIZE - 128 MiB).
     specials = [hi for name, lo, hi in layout.regions if name.startswith(("vdso", "vvar"))]

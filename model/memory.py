@@ -16,17 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..specs.abi import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, Errno, SiCode, Signal
-from .ops import eq, first_true, ite, neg
+from ..specs.abi import PAGE_SHIFT, PAGE_SIZE, PROT_WRITE, TASK_SIZE, Errno, SiCode, Signal
+from .ops import first_true, ite, neg, not_
 from .predicates import (can_exec, can_read, can_write, is_canonical, is_masked, is_mapped, is_shared,
                          is_sigbus, obj_of, page_number)
 from ..specs.abi import MMAP_MIN_ADDR
-from .state import (ATTR_GROWSDOWN, ATTR_PROT, RLIMIT_STACK, STACK_GUARD_GAP_PAGES, TASK_PAGES, Fault, Result,
-                    State)
+from .state import (ATTR_GROWSDOWN, ATTR_MAPPED, ATTR_PROT, ATTR_SHARED, ATTR_SIGBUS, RLIMIT_STACK,
+                    STACK_GUARD_GAP_PAGES, TASK_PAGES, Fault, Result, State)
 
 READ, WRITE, EXEC = "r", "w", "x"
 RET_OPCODE = 0xC3
 MAX_RW_COUNT = 0x7FFF_F000           # INT_MAX & PAGE_MASK: write(2) transfers at most this much
+_LOWER_HALF = 0x0000_8000_0000_0000  # canonical lower half (is_canonical), as a plain bound
+PAGE_OFFSET = PAGE_SIZE - 1
 
 
 def _fault_for(attr: int, want: str, addr: int) -> Fault | None:
@@ -112,8 +114,8 @@ def access_outcome(state: State, pid: int, addr: Any, size: int, want: str) -> A
     the SIGSEGV (SEGV_MAPERR / SEGV_ACCERR) — the same rule `access_fault` applies concretely."""
     attr = state.space_of(pid).pages.get(page_number(addr))
     allowed = can_read(attr) if want == READ else can_write(attr) if want == WRITE else can_exec(attr)
-    return first_true([(eq(is_mapped(attr), False), int(SiCode.SEGV_MAPERR)),
-                       (eq(allowed, False), int(SiCode.SEGV_ACCERR))], 0)
+    return first_true([(not_(is_mapped(attr)), int(SiCode.SEGV_MAPERR)),
+                       (not_(allowed), int(SiCode.SEGV_ACCERR))], 0)
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,25 @@ def _read(state: State, pid: int, addr: int, size: int) -> int:
     return load_page(state, pid, addr, head) | (load_page(state, pid, boundary, size - head) << (8 * head))
 
 
+def _plain_page(state: State, pid: int, addr: int, size: int, need: int) -> int:
+    """The attribute word when an access of `size` bytes at `addr` stays inside one mapped page
+    of the lower half that allows it (`need`: PROT bits, any of them) and does not raise SIGBUS:
+    then no fault and no stack growth are possible. 0 otherwise (take the general path)."""
+    if addr >= _LOWER_HALF or (addr & PAGE_OFFSET) + size > PAGE_SIZE:
+        return 0
+    attr = state.spaces[state.procs[pid].mm].pages.get(addr >> PAGE_SHIFT)
+    if attr & (ATTR_MAPPED | ATTR_SIGBUS) != ATTR_MAPPED or not attr & need:
+        return 0
+    return attr
+
+
 def load(state: State, pid: int, addr: int, size: int = 8) -> Result:
     """An 8-byte user load: Loaded(value) or the Fault (concrete)."""
+    attr = _plain_page(state, pid, addr, size, ATTR_PROT)
+    if attr:
+        sp = state.spaces[state.procs[pid].mm]
+        value = (state.shared.get(obj_of(attr)) if attr & ATTR_SHARED else sp.data).load(addr, size)
+        return Result(True, Loaded(value, is_masked(attr)), state, "load.ok")
     state = grow_for_access(state, pid, addr, size)
     fault = access_fault(state, pid, addr, size, READ)
     if fault is not None:
@@ -148,6 +167,8 @@ def load(state: State, pid: int, addr: int, size: int = 8) -> Result:
 
 def store(state: State, pid: int, addr: int, value: int, size: int = 8) -> Result:
     """An 8-byte user store: the new state, or the Fault (nothing written)."""
+    if _plain_page(state, pid, addr, size, PROT_WRITE):
+        return Result(True, None, store_page(state, pid, addr, size, value), "store.ok")
     state = grow_for_access(state, pid, addr, size)
     fault = access_fault(state, pid, addr, size, WRITE)
     if fault is not None:

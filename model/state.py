@@ -26,6 +26,9 @@ ATTR_KIND = 0x7 << ATTR_KIND_SHIFT
 ATTR_SIGBUS = 0x100             # file page beyond EOF: any access raises SIGBUS BUS_ADRERR
 ATTR_GROWSDOWN = 0x200          # Linux's stack VMA (VM_GROWSDOWN): brk keeps stack_guard_gap
 ATTR_WIPEONFORK = 0x400         # VM_WIPEONFORK (MAP_DROPPABLE): a fork child reads zeros there
+ATTR_REGION_SHIFT = 11          # 5 bits: which kernel-named region (Layout.regions index + 1) a
+ATTR_REGION = 0x1F << ATTR_REGION_SHIFT  # special page belongs to: adjacent special VMAs ([vvar],
+                                         # [vvar_vclock], [vdso]) stay apart, so unmapping one whole is no split
 ATTR_OBJ_SHIFT = 16             # MAP_SHARED backing object id (bits 16..47)
 ATTR_OBJ = 0xFFFF_FFFF << ATTR_OBJ_SHIFT
 UNMAPPED = 0                    # the attribute of a page outside every mapping

@@ -29,8 +29,8 @@ from ..model import exec as model_exec
 from ..model import memory, process
 from ..model import system as model_system
 from ..model.predicates import can_exec, is_masked, rights_of
-from ..model.state import Blocks, Fault, Killed, Kind, OutOfScope, Run, State
-from ..specs.abi import (PAGE_SHIFT, PAGE_SIZE, TASK_SIZE, U64, Errno, Nr, ReportKind, SiCode, Signal, as_signed,
+from ..model.state import ATTR_MAPPED, ATTR_SHARED, ATTR_SIGBUS, Blocks, Fault, Killed, Kind, OutOfScope, Run, State
+from ..specs.abi import (PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, TASK_SIZE, U64, Errno, Nr, ReportKind, SiCode, Signal, as_signed,
                          is_errno, wait_status_signaled)
 from ..specs.profiles import Profile
 from ..specs.trace import (Exec, Exit, Inconclusive, Observation, Output, Report, Syscall, Trace, View,
@@ -97,6 +97,76 @@ class _CodeMap:
 
 
 def _code_map(index: int, image: Image, build: Any) -> _CodeMap | None:
+    """Each step's code addresses: from the build's own record of them (ImageInfo.step_spans,
+    syscall_ends, tail_addrs) when it has one, else by replaying the code generator."""
+    recorded = _recorded_code_map(index, image, build)
+    return recorded if recorded is not None else _replayed_code_map(index, image, build)
+
+
+_TAIL_SYSCALL_LEN: list[int] = []
+
+
+def _tail_syscall_len() -> int:
+    """Bytes from a list's implicit exit_group(0) to the end of its syscall instruction (the
+    same for every list: its code uses no addresses)."""
+    if not _TAIL_SYSCALL_LEN:
+        from ._internal import codegen
+        from ._internal.x86 import Assembler
+
+        asm = Assembler(0x1000)
+        probe = codegen._Symbols(table=0x1000, paths={}, argvs={}, null_word=0x1000)
+        codegen._Generator(asm, _default_elf_spec(), probe).syscall(Nr.exit_group, [0], Step("exit_group", (0,)))
+        _TAIL_SYSCALL_LEN.append(asm.here - 0x1000)
+    return _TAIL_SYSCALL_LEN[0]
+
+
+def _default_elf_spec() -> Any:
+    from .program import ElfSpec
+    return ElfSpec()
+
+
+def _recorded_code_map(index: int, image: Image, build: Any) -> _CodeMap | None:
+    """The code map from the generator's bookkeeping: spans and syscall ends in walk_steps
+    order, tails in the order the lists end (a list ends after the lists nested in it)."""
+    info = build.info[index]
+    spans = getattr(info, "step_spans", ())
+    sysends_rec = getattr(info, "syscall_ends", ())
+    tails_rec = getattr(info, "tail_addrs", ())
+    if not spans and image.steps:
+        return None
+    steps: dict[tuple, _Code] = {}
+    tails: dict[tuple, int] = {}
+    counter = [0, 0]
+    tail_len = _tail_syscall_len()
+
+    def walk(lst: tuple[Step, ...], base: tuple) -> None:
+        for i, step in enumerate(lst):
+            path = base + (i,)
+            k = counter[0]
+            counter[0] += 1
+            start, end = spans[k]
+            sys_end = sysends_rec[k] or None
+            steps[path] = _Code(start, sys_end, end)
+            if step.op in FORK_OPS:
+                walk(step.child or (), path + ("c",))
+                walk(step.parent or (), path + ("p",))
+        if not lst or (lst[-1].op not in EXIT_OPS and lst[-1].op not in FORK_OPS):
+            at = tails_rec[counter[1]]
+            counter[1] += 1
+            tails[base] = at
+            steps[base + ("tail",)] = _Code(at, at + tail_len, at + 32)
+
+    try:
+        walk(image.steps, ())
+    except IndexError:
+        return None          # the record does not match the program: replay instead
+    if counter[0] != len(spans) or counter[1] != len(tails_rec):
+        return None
+    text = _text_bytes(index, image, build)
+    return _CodeMap(steps, tails, text, info.ret_gadget)
+
+
+def _replayed_code_map(index: int, image: Image, build: Any) -> _CodeMap | None:
     """Replay the code generator to learn each step's code addresses (instruction lengths do
     not depend on data addresses, so the generator's measuring pass gives the final layout)."""
     from ._internal import codegen
@@ -192,6 +262,31 @@ def step_text(step: Step) -> str:
     args = ", ".join(_arg_text(a) for a in step.args)
     return f"{head}{step.op}({args})" if step.args or step.op not in ("fork", "vfork", "getpid", "getppid",
                                                                       "sched_yield", "observe") else f"{head}{step.op}"
+
+
+class _StepText:
+    """A step's text, formatted only when a message needs it (most steps pass unreported)."""
+    __slots__ = ("step", "text")
+
+    def __init__(self, step: Step) -> None:
+        self.step, self.text = step, None
+
+    def __str__(self) -> str:
+        if self.text is None:
+            self.text = step_text(self.step)
+        return self.text
+
+
+class _SyscallText:
+    """"Syscall(op, args...)" as the checker expects it, formatted only for a report."""
+    __slots__ = ("op", "regs", "shown")
+
+    def __init__(self, op: str, regs: tuple[int, ...] | None, shown: int) -> None:
+        self.op, self.regs, self.shown = op, regs, shown
+
+    def __str__(self) -> str:
+        regs = self.regs
+        return f"Syscall({self.op}{'' if regs is None else ', ' + ', '.join(hex(r) for r in regs[:self.shown])})"
 
 
 def _result_class(value: Any) -> str:
@@ -325,6 +420,9 @@ def _digest_text(d: bytes | None) -> str:
 # --- the checker ---------------------------------------------------------------------------------
 
 NEED, PAUSE = "need", "pause"
+_EXEC_OK_MASK = ATTR_MAPPED | PROT_EXEC | ATTR_SIGBUS     # what an instruction fetch needs of a page
+_EXEC_OK = ATTR_MAPPED | PROT_EXEC
+_ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 class _Checker:
@@ -338,7 +436,7 @@ class _Checker:
         self.coverage: set[str] = set()
         self.codemaps: dict[int, _CodeMap | None] = {}
         self.event_index = -1
-        self.current_step: dict[int, str] = {}
+        self.current_step: dict[int, Any] = {}   # pid -> its step's text (str or _StepText)
         self.last_view: dict[int, View] = {}
 
     # --- driver ---
@@ -357,7 +455,7 @@ class _Checker:
 
     def _divergence(self, d: _Diverge, pid: int | None) -> Verdict:
         process = self.paths.get(pid, f"pid {pid}") if pid is not None else "?"
-        step = d.step or (self.current_step.get(pid, "") if pid is not None else "")
+        step = str(d.step or (self.current_step.get(pid, "") if pid is not None else ""))
         detail = d.detail
         if not detail and self.state is not None and pid is not None and pid in self.state.procs \
                 and self.state.procs[pid].mm in self.state.spaces:
@@ -419,7 +517,7 @@ class _Checker:
                 continue
             if self.trace.inconclusive is None:
                 self.event_index = len(events)
-                raise _Diverge(want[1], "the trace ended", pid=pid)
+                raise _Diverge(str(want[1]), "the trace ended", pid=pid)
 
     def _start(self, event: Exec) -> None:
         image = self.build.images[self.build.entry]
@@ -491,7 +589,7 @@ class _Checker:
             self._user_store(pid, pending_store[0], pending_store[1], "the fork's result store")
         for i, step in enumerate(steps):
             path = base + (i,)
-            self.current_step[pid] = step_text(step)
+            self.current_step[pid] = _StepText(step)
             done = yield from self._step(pid, index, path, step)
             if done:
                 return
@@ -566,13 +664,15 @@ class _Checker:
         while (page << PAGE_SHIFT) < hi_a:
             attr = sp.pages.get(page)
             at = max(lo_a, page << PAGE_SHIFT)
-            fault = memory._fault_for(attr, memory.EXEC, at)
-            if fault is not None:
-                raise _Dies(fault, "an instruction fetch of the step's code")
-            if not can_exec(attr):
-                raise _Dies(Fault(Signal.SIGSEGV, SiCode.SEGV_ACCERR, at), "an instruction fetch")
+            if attr & _EXEC_OK_MASK != _EXEC_OK:      # the common case (mapped, PROT_EXEC, no SIGBUS) skips this
+                fault = memory._fault_for(attr, memory.EXEC, at)
+                if fault is not None:
+                    raise _Dies(fault, "an instruction fetch of the step's code")
+                if not can_exec(attr):
+                    raise _Dies(Fault(Signal.SIGSEGV, SiCode.SEGV_ACCERR, at), "an instruction fetch")
             stop = min(hi_a, (page + 1) << PAGE_SHIFT)
-            contents = memory.page_contents(self.state, pid, page) or bytes(PAGE_SIZE)
+            contents = (sp.data.page(page) if not attr & ATTR_SHARED
+                        else memory.page_contents(self.state, pid, page)) or _ZERO_PAGE
             want = cm.text[at - bias - cm.text_vaddr:stop - bias - cm.text_vaddr]
             have = contents[at & (PAGE_SIZE - 1):(at & (PAGE_SIZE - 1)) + (stop - at)]
             if want != have:
@@ -583,7 +683,7 @@ class _Checker:
     def _step(self, pid: int, index: int, path: tuple, step: Step) -> Generator:
         """Run one step; returns True when the process's list ends here (exit, exec, fork)."""
         code = self.codemaps[index].steps[path]
-        where = step_text(step)
+        where = _StepText(step)
         split = code.sys_end if code.sys_end is not None else code.end
         self._fetch_code(pid, index, code.start, split)
         op = step.op
@@ -675,7 +775,7 @@ class _Checker:
         if op == "execve" and self.build.info[index].etype == "dyn":
             # position-independent argv: push 0, push &"i{k}" (codegen's "dyn" execve)
             self._push(pid, [0, (self._path_addr(index, step.args[0]) + self._bias(pid, index)) & U64], where)
-        want_text = f"Syscall({op}{'' if regs is None else ', ' + ', '.join(hex(r) for r in regs[:len(step.args) or 1])})"
+        want_text = _SyscallText(op, regs, len(step.args) or 1)
         ev = yield from self._event(pid, want_text)
         if op == "execve":
             return (yield from self._execve(pid, index, path, step, code, where, ev))
@@ -685,7 +785,7 @@ class _Checker:
         else:
             output = None
         if not isinstance(ev, Syscall) or ev.nr != nr:
-            raise _Diverge(want_text, _event_text(ev), step=where, pid=pid)
+            raise _Diverge(str(want_text), _event_text(ev), step=where, pid=pid)
         if regs is not None and tuple(ev.args[:6]) != tuple(regs):
             raise _Diverge(f"arguments {', '.join(hex(r) for r in regs)}",
                            f"arguments {', '.join(hex(a) for a in ev.args)}", step=where, pid=pid,

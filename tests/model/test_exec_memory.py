@@ -13,7 +13,7 @@ from forkspec.specs.abi import (MAP_FIXED, MAP_GROWSDOWN, PAGE_SIZE, PROT_EXEC, 
 from forkspec.specs.profiles import LEVITATE, LEVITATE_STACK_TOP, levitate_stack_range
 from forkspec.specs.trace import Layout
 
-from .helpers import ANON, IMAGE, PID, err, levitate_state, mmap, rights
+from .helpers import ANON, IMAGE, LINUX_VVAR, PID, err, levitate_state, linux_state, mmap, rights
 
 LO, HI = levitate_stack_range()
 
@@ -168,3 +168,21 @@ def test_linux_mmap_base_is_the_top_of_vdso_vvar():
     assert state.space_of(PID).mmap_base == LINUX_VDSO[1]
     first = mmap(state, 0, 0x1000, 3, ANON, pick=0x7FFF_F7FF_6000)
     assert first.allowed
+
+
+def test_access_outcome_runs_on_z3_terms_and_agrees_with_access_fault():
+    # The refinement proofs use access_outcome on symbolic states; concretely it must classify
+    # like access_fault (0 / SEGV_MAPERR / SEGV_ACCERR) for accesses inside one page.
+    import z3
+
+    from forkspec.model import memory, symbolic
+    from forkspec.specs.profiles import LINUX as LINUX_PROFILE
+
+    sym_state, _ctx = symbolic.fresh_state(LINUX_PROFILE, (1,))
+    outcome = memory.access_outcome(sym_state, 1, z3.BitVec("va", 64), 8, memory.READ)
+    assert isinstance(outcome, z3.ExprRef)
+    state = linux_state()
+    for addr in (0x40_0000, 0x40_1000, 0x1000, LINUX_VVAR[0]):
+        for want in (memory.READ, memory.WRITE):
+            fault = memory.access_fault(state, PID, addr, 8, want)
+            assert memory.access_outcome(state, PID, addr, 8, want) == (0 if fault is None else fault.si_code)

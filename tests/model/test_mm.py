@@ -285,3 +285,65 @@ def test_brk_shrink_over_munmapped_heap_is_refused_facts_brk_hole_not_refilled()
     state = _brk(state, start + 0x2000).state
     state = mm.munmap(state, mm.MunmapArgs(PID, start, 0x2000)).state
     assert _brk(state, start).outcome == start + 0x2000
+
+
+def _linux_6_18_state():
+    """The layout Linux 6.18 gives a static ELF (ADDR_NO_RANDOMIZE): [vvar] (4 pages),
+    [vvar_vclock] (2 pages) and [vdso] (2 pages), each its own special VMA."""
+    from forkspec.model import exec as mexec
+    from forkspec.specs.profiles import LINUX
+    from forkspec.specs.trace import Layout
+
+    from .helpers import IMAGE, IMAGE_END, LINUX_STACK, LINUX_VDSO
+
+    layout = Layout(regions=(("vvar", LINUX_VVAR[0], LINUX_VVAR[0] + 0x4000),
+                             ("vvar_vclock", LINUX_VVAR[0] + 0x4000, LINUX_VVAR[1]),
+                             ("vdso",) + LINUX_VDSO, ("stack",) + LINUX_STACK),
+                    brk=IMAGE_END + 0x10_0000, entry_sp=LINUX_STACK[1] - 0x200)
+    result = mexec.initial_state(LINUX, PID, IMAGE, layout)
+    assert result.allowed, result.expected
+    return result.state
+
+
+def test_munmap_exactly_vvar_next_to_vvar_vclock_measured():
+    # Measured (Linux 6.18.44, corpus/linux-munmap-exactly-vvar.repro): munmap of exactly [vvar] -> 0,
+    # of exactly [vvar_vclock] -> 0; cutting inside either -> EINVAL.
+    state = _linux_6_18_state()
+    vvar, vclock = LINUX_VVAR[0], LINUX_VVAR[0] + 0x4000
+    whole = mm.munmap(state, mm.MunmapArgs(PID, vvar, 0x4000))
+    assert whole.outcome == 0 and rights(whole.state, vvar) is None and rights(whole.state, vclock) == PROT_READ
+    assert mm.munmap(state, mm.MunmapArgs(PID, vclock, 0x2000)).outcome == 0
+    assert mm.munmap(state, mm.MunmapArgs(PID, vvar, 0x3000)).outcome == err(Errno.EINVAL)
+    assert mm.munmap(state, mm.MunmapArgs(PID, vclock, 0x1000)).outcome == err(Errno.EINVAL)
+    assert mm.mprotect(state, mm.MprotectArgs(PID, vvar, 0x6000, PROT_READ)).outcome == 0
+
+
+def test_mprotect_part_of_vvar_changes_none_of_it_measured():
+    # Measured (6.18.44): mprotect(PROT_NONE) of the first 3 of [vvar]'s 4 pages -> EINVAL and
+    # [vvar] stays r-- as a whole (its unpopulated SIGBUS pages are the same VMA).
+    state = _linux_6_18_state()
+    vvar = LINUX_VVAR[0]
+    result = mm.mprotect(state, mm.MprotectArgs(PID, vvar, 0x3000, 0))
+    assert result.outcome == err(Errno.EINVAL)
+    assert [rights(result.state, vvar + k * 0x1000) for k in range(4)] == [PROT_READ] * 4
+    whole = mm.mprotect(state, mm.MprotectArgs(PID, vvar, 0x4000, 0))
+    assert whole.outcome == 0
+    assert [rights(whole.state, vvar + k * 0x1000) for k in range(6)] == [0] * 4 + [PROT_READ] * 2
+
+
+def test_mprotect_accounting_failure_before_a_hole_measured():
+    # Measured (6.18.44): mmap 1 TiB r--, then mprotect(rw) of 1 TiB + 1 page (a hole at the end)
+    # -> ENOMEM and the mapping stays r--: accounting fails at the first VMA. A small range with a
+    # hole still changes the pages before the hole.
+    state = linux_state()
+    big = mmap(state, 0, 0x100_0000_0000, PROT_READ, ANON, pick=0x7EFF_F7E0_0000)
+    assert big.outcome == 0x7EFF_F7E0_0000 and big.allowed
+    failed = mm.mprotect(big.state, mm.MprotectArgs(PID, big.outcome, 0x100_0000_1000, RW),
+                         mm.ResourceChoice(int(Errno.ENOMEM)))
+    assert failed.outcome == err(Errno.ENOMEM) and failed.allowed
+    assert rights(failed.state, big.outcome) == PROT_READ
+    small = mmap(state, 0x1000_0000, 0x2000, PROT_READ, ANON | MAP_FIXED)
+    assert small.outcome == 0x1000_0000
+    tail = mm.mprotect(small.state, mm.MprotectArgs(PID, small.outcome, 0x3000, RW),
+                       mm.ResourceChoice(int(Errno.ENOMEM)))
+    assert tail.outcome == err(Errno.ENOMEM) and rights(tail.state, small.outcome) == RW
