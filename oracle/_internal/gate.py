@@ -45,14 +45,28 @@ def _proof_cases() -> list[GateCase]:
     return cases
 
 
+def _linux_unavailable() -> str | None:
+    from .linux import LinuxBackend
+    ok, why = LinuxBackend.available()
+    return None if ok else why
+
+
 def _corpus_cases(corpus: Path) -> list[GateCase]:
     from ..cli import replay_file
     cases = []
+    linux_missing: list[str | None] = []
     for path in corpus_mod.list_corpus(corpus):
         start = time.perf_counter()
         try:
-            status, result = replay_file(path)
             repro = corpus_mod.load(path)
+            if repro.meta.get("backend") in ("linux", "three-way"):
+                if not linux_missing:
+                    linux_missing.append(_linux_unavailable())
+                if linux_missing[0]:
+                    cases.append(GateCase("corpus", path.name, True, 0.0,
+                                          f"needs the Linux backend: {linux_missing[0]}", skipped=True))
+                    continue
+            status, result = replay_file(path)
         except ForkspecError as err:
             cases.append(GateCase("corpus", path.name, False, time.perf_counter() - start, str(err)))
             continue

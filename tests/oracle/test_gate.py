@@ -44,3 +44,14 @@ def test_a_reproducer_that_no_longer_catches_its_bug_fails_the_gate(tmp_path: Pa
     assert "expected divergence, got pass" in text
     failure = junit.find(".//testcase/failure")
     assert failure is not None and "expected divergence" in failure.get("message")
+
+
+def test_linux_reproducers_are_skipped_with_the_reason_where_linux_cannot_run(tmp_path: Path, monkeypatch) -> None:
+    from forkspec.oracle._internal import gate as gate_mod
+    monkeypatch.setattr(gate_mod, "_linux_unavailable", lambda: "ptrace is not permitted")
+    linux = corpus.Reproducer(meta={"backend": "linux", "plant": "-", "signature": "linux one"},
+                              divergence="", program_text=dumps(QUIET))
+    code, text, junit = gate(tmp_path, linux)
+    assert code == 0 and "1 skipped" in text
+    skipped = junit.find(".//testcase/skipped")
+    assert skipped is not None and "ptrace is not permitted" in skipped.get("message")
