@@ -24,7 +24,8 @@ Rules the generator keeps (why in brackets):
   bytes below its start (codegen keeps a table off the last 16 bytes of a page); brk-based stores
   use offsets >= 0 (the image may end right below the break).
 - After munmap, mprotect or MAP_FIXED on a mapping the generator often touches it at once (a
-  missing TLB flush or a write to the wrong page table shows there).
+  missing TLB flush or a write to the wrong page table shows there), and before munmap/mprotect
+  it sometimes touches it first (so that the TLB holds the old translation).
 - fetch goes to the image's ret gadget (ET_EXEC), to addresses nothing can map (non-canonical,
   kernel), to mappings that were never executable (any mmap or mprotect with PROT_EXEC marks
   every mapping of the process as possibly executable), or to an address the step before stored
@@ -34,9 +35,16 @@ Rules the generator keeps (why in brackets):
   table page is replaced, references would read zeros].
 - execve goes only to later images (or a missing one: ENOENT) [no exec loops]. No
   MAP_POPULATE/MAP_LOCKED/MAP_HUGETLB [they would touch huge ranges of memory].
+Edges the default distribution reaches often (each was slow to find a planted kernel bug): a
+fresh mapping touched at once (after execve: stale page-table roots); brk(0) and a grown break
+written at once, then forked (a heap that fork forgets); store, mprotect read-only, store again
+(a missing TLB flush); loads one page below a break (the page a "shared" layout splits between
+text and data); half the images with a drawn layout.
+
 Hypothesis shrinks these well: each step (with the decision to draw it) and each fork is one
 span of the choice sequence, so whole steps delete cleanly; each choice's first option is the
-simplest one; images after the first are drawn one at a time, each as a span.
+simplest one; images after the first are drawn one at a time, each as a span. For speed each
+span draws one byte string and its small choices read a byte each (see `_Draws`).
 """
 from __future__ import annotations
 
@@ -74,6 +82,10 @@ WILD = [0, 0x1000, abi.MMAP_MIN_ADDR, abi.TASK_SIZE - 8, abi.TASK_SIZE, 1 << 47,
 # Where a fetch may jump without knowing what is there: nothing can ever be mapped (root may map
 # page 0, and a hint or MAP_FIXED may map anything else).
 FETCH_WILD = [1 << 47, 0xFFFF_8000_0000_0000, abi.U64 - 7]
+_BRK_STORE_OFFSETS = (0, 8)
+_BRK_LOAD_OFFSETS = (0, -PAGE, 8, -8)
+# mprotect: read-only and no-access first, where a stale writable translation shows.
+MPROTECT_PROTS = [abi.PROT_READ, abi.PROT_NONE] + PROTS
 # Offsets from a mapping's start for probes, relative to its length (None = from the start).
 PROBE_OFFSETS = [(None, 0), (None, 8), ("end", -8), (None, PAGE), (None, PAGE - 4), (None, 1),
                  ("end", 0), (None, -8), ("end", 8)]
@@ -127,39 +139,104 @@ class _Gen:
         return n
 
 
-_INTS: dict[tuple[int, int], st.SearchStrategy[int]] = {}
-_BOOLS = st.booleans()
+DIGITS = 12        # choices a span's byte string carries (a step rarely needs more)
 
 
-def _int(draw, lo: int, hi: int) -> int:
-    """draw(st.integers(lo, hi)) with the strategy built once (building one per draw doubled the
-    generation time)."""
-    strategy = _INTS.get((lo, hi))
-    if strategy is None:
-        strategy = _INTS[(lo, hi)] = st.integers(lo, hi)
-    return draw(strategy)
+class _Draws:
+    """The choice sequence of one test case, drawn from directly.
+
+    Going through a strategy per choice (draw(st.integers(...)), one composite per span) cost
+    about 30 us a choice and made generation half of a differential case. Here each span (a
+    step, a fork, an image, a layout) draws one byte string of DIGITS bytes and its small
+    choices read one byte each: one engine choice per step instead of five to ten. Hypothesis
+    shrinks a byte string byte by byte towards zero, so every small choice still shrinks
+    towards its first option, and whole spans still delete. Choices past the bytes, or wider
+    than a byte, fall back to ordinary integer choices."""
+
+    __slots__ = ("data", "integer", "bytes", "start", "stop", "digits", "pos")
+
+    def __init__(self, data) -> None:
+        self.data = data
+        self.integer = data.draw_integer
+        self.bytes = data.draw_bytes
+        # Hypothesis renamed examples to spans (6.131); accept both.
+        self.start = getattr(data, "start_span", None) or data.start_example
+        self.stop = getattr(data, "stop_span", None) or data.stop_example
+        self.digits = b""
+        self.pos = 0
+
+    def __call__(self, strategy):
+        return self.data.draw(strategy)
 
 
-def _pick(draw, options):
+class _Direct(st.SearchStrategy):
+    """A strategy whose value is `make(_Draws(data), *args)`."""
+
+    def __init__(self, name: str, make, *args) -> None:
+        super().__init__()
+        self._name, self._make, self._args = name, make, args
+
+    def do_draw(self, data):
+        return self._make(_Draws(data), *self._args)
+
+    def __repr__(self) -> str:
+        return f"{self._name}{self._args!r}"
+
+
+def _int(draw: _Draws, lo: int, hi: int) -> int:
+    """An integer in [lo, hi]; shrinks towards lo. No choice at all when there is no choice."""
+    if lo >= hi:
+        return lo
+    n = hi - lo + 1
+    pos = draw.pos
+    if n <= 256 and pos < len(draw.digits):
+        draw.pos = pos + 1
+        return lo + draw.digits[pos] % n
+    return draw.integer(lo, hi)
+
+
+def _bool(draw: _Draws) -> bool:
+    return _int(draw, 0, 1) == 1
+
+
+def _pick(draw: _Draws, options):
     """One of `options`; shrinks towards the first."""
     return options[_int(draw, 0, len(options) - 1)]
+
+
+def _span(draw: _Draws, label: int, make, *args):
+    """`make(draw, *args)`, drawn as one unit of the choice sequence so that Hypothesis can
+    delete a whole step (or a whole fork, or a whole image) when it shrinks. The span's small
+    choices come from its own byte string."""
+    draw.start(label)
+    outer = draw.digits, draw.pos
+    draw.digits, draw.pos = draw.bytes(DIGITS, DIGITS), 0
+    value = make(draw, *args)
+    draw.digits, draw.pos = outer
+    draw.stop()
+    return value
+
+
+_ETYPES = ("exec", "dyn")
+_LAYOUTS = ("split", "shared", "single")
+_BSS = (0, 0x10, 0x800, 0x1000, 0x3008)
+_BASES = (0x40_0000, 0x1000_0000, 0x10_0000_0000)
+_STACKS = ("rw", None, "rwx")
+_TEXTS = ("rx", "rwx", "x")               # "x": readable anyway on x86 without PKU
 
 
 def elf_specs(allow_dyn: bool = True, allow_mutation: bool = False) -> st.SearchStrategy[ElfSpec]:
     """Image layouts: mostly the default, then the other etypes, layouts, bss sizes, stack flags."""
     return st.builds(
         ElfSpec,
-        etype=st.sampled_from(["exec", "dyn"] if allow_dyn else ["exec"]),
-        layout=st.sampled_from(["split", "shared", "single"]),
-        bss=st.sampled_from([0, 0x10, 0x800, 0x1000, 0x3008]),
-        base=st.sampled_from([0x40_0000, 0x1000_0000, 0x10_0000_0000]),
-        stack=st.sampled_from(["rw", None, "rwx"]),
-        text=st.sampled_from(["rx", "rwx", "x"]),          # "x": readable anyway on x86 without PKU
+        etype=st.sampled_from(_ETYPES if allow_dyn else ["exec"]),
+        layout=st.sampled_from(_LAYOUTS),
+        bss=st.sampled_from(_BSS),
+        base=st.sampled_from(_BASES),
+        stack=st.sampled_from(_STACKS),
+        text=st.sampled_from(_TEXTS),
         mutation=st.sampled_from([None] + sorted(MUTATIONS)) if allow_mutation else st.none(),
     )
-
-
-_ELF_SPECS = elf_specs()
 
 
 # --- Arguments ---------------------------------------------------------------------------------
@@ -181,11 +258,13 @@ def _probe_addr(draw, proc: _Process, gen: _Gen, for_store: bool) -> int | Ref:
     """An address for a load/store/write buffer: mostly inside a mapping this process made or
     its grown heap, sometimes its own text, a bare break, or somewhere wild (a fault ends the
     process, so wild addresses are rare)."""
-    kind = _int(draw, 0, 11)
-    if kind == 11:
+    kind = _int(draw, 0, 12)
+    if kind == 12:
         return _pick(draw, WILD)
-    if kind == 10 and proc.brks:
-        return Ref(_pick(draw, proc.brks), _pick(draw, [0, 8] + ([] if for_store else [-8])))
+    if kind >= 10 and proc.brks:
+        # Below the break (loads only): the image's last data page; for a "shared" layout with
+        # a small data segment, the page that holds both the text's tail and the data's head.
+        return Ref(_pick(draw, proc.brks), _pick(draw, _BRK_STORE_OFFSETS if for_store else _BRK_LOAD_OFFSETS))
     if kind == 9 and gen.spec.etype == "exec" and not for_store:
         return gen.spec.base + _pick(draw, [0, 16, PAGE])            # our own text: readable
     if kind >= 7 and proc.heap:
@@ -223,7 +302,7 @@ def _range(draw, proc: _Process, replaces: bool) -> tuple[int | Ref, int]:
                 offset = 0
             length = min(length, max(PAGE, region.length - offset), 0x20_0000)
         return Ref(region.result, offset), length
-    if proc.brks and draw(_BOOLS):
+    if proc.brks and _bool(draw):
         return Ref(_pick(draw, proc.brks), _pick(draw, [0, PAGE])), length
     return _pick(draw, FIXED_ADDRS), length
 
@@ -241,7 +320,7 @@ def _mmap(draw, proc: _Process, gen: _Gen) -> list[Step]:
     elif kind in (9, 10):
         addr, length = _range(draw, proc, replaces=True)
         flags |= _pick(draw, [abi.MAP_FIXED, abi.MAP_FIXED_NOREPLACE, abi.MAP_FIXED | abi.MAP_FIXED_NOREPLACE])
-    elif kind == 11 and gen.spec.etype == "exec" and draw(_BOOLS):
+    elif kind == 11 and gen.spec.etype == "exec" and _bool(draw):
         return _over_own_image(draw, proc, gen, "mmap")
     if flags & abi.MAP_TYPE != abi.MAP_PRIVATE and isinstance(addr, Ref) and not proc.memory_ok:
         flags = (flags & ~abi.MAP_TYPE) | abi.MAP_PRIVATE         # no new sharing under a foreign writer
@@ -255,7 +334,14 @@ def _mmap(draw, proc: _Process, gen: _Gen) -> list[Step]:
         for region in proc.regions:
             region.prot |= abi.PROT_EXEC          # MAP_FIXED or a hint may have landed on it
     proc.regions.append(_Region(n, length, prot & 7, shared, bool(ok)))
-    after = _probe_after(draw, proc, gen, addr) if flags & abi.MAP_FIXED else []
+    if flags & abi.MAP_FIXED:
+        after = _probe_after(draw, proc, gen, addr)
+    elif ok and proc.memory_ok and not proc.vfork_child and prot & _RW and _int(draw, 0, 2) == 2:
+        # Touch a fresh mapping at once: its page tables must be the ones the CPU walks (after
+        # execve, after fork).
+        after = [Step("store", (Ref(n), 0x2A)) if prot & abi.PROT_WRITE else Step("load", (Ref(n),))]
+    else:
+        after = []
     return [Step("mmap", (addr, length, prot, flags), result=n)] + after
 
 
@@ -264,7 +350,7 @@ def _over_own_image(draw, proc: _Process, gen: _Gen, op: str) -> list[Step]:
     page = gen.spec.base + _pick(draw, [PAGE, 0, 2 * PAGE])          # page 1 holds data (split)
     length = _pick(draw, [PAGE, 2 * PAGE])
     prot = _pick(draw, [abi.PROT_READ, abi.PROT_READ | abi.PROT_WRITE, abi.PROT_NONE])   # never X
-    result = gen.result() if draw(_BOOLS) else None
+    result = gen.result() if _bool(draw) else None
     if op == "mmap":
         step = Step("mmap", (page, length, prot, abi.MAP_PRIVATE | abi.MAP_ANONYMOUS | abi.MAP_FIXED), result=result)
     elif op == "mprotect":
@@ -279,7 +365,7 @@ def _store(draw, proc: _Process, gen: _Gen) -> list[Step]:
     if not proc.vfork_child and _int(draw, 0, 7) == 0:
         # store a `ret` and call it: returns only where the page is executable
         executable = [r for r in proc.regions if r.prot & abi.PROT_EXEC]
-        if executable and draw(_BOOLS):
+        if executable and _bool(draw):
             addr = _region_addr(draw, _pick(draw, executable), for_store=True)
         return [Step("store", (addr, RET)), Step("fetch", (addr,))]
     value = _pick(draw, [0x2A, 0, abi.U64, 0x0A6B6F, 0x8000_0000_0000_0000])
@@ -290,7 +376,7 @@ def _store(draw, proc: _Process, gen: _Gen) -> list[Step]:
 
 def _load(draw, proc: _Process, gen: _Gen) -> list[Step]:
     addr = _probe_addr(draw, proc, gen, for_store=False)
-    return [Step("load", (addr,), result=gen.result() if draw(_BOOLS) else None)]
+    return [Step("load", (addr,), result=gen.result() if _bool(draw) else None)]
 
 
 def _fetch(draw, proc: _Process, gen: _Gen) -> list[Step]:
@@ -306,29 +392,46 @@ def _munmap_mprotect(draw, proc: _Process, gen: _Gen, op: str) -> list[Step]:
     if gen.spec.etype == "exec" and _int(draw, 0, 15) == 0:
         return _over_own_image(draw, proc, gen, op)
     addr, length = _range(draw, proc, replaces=False)
-    result = gen.result() if draw(_BOOLS) else None
+    result = gen.result() if _bool(draw) else None
+    before = _touch_before(draw, proc, addr)
     for region in proc.regions:
         if isinstance(addr, Ref) and addr.result == region.result and op == "munmap":
             region.ok = False
     if op == "munmap":
-        return [Step("munmap", (addr, length), result=result)] + _probe_after(draw, proc, gen, addr)
-    prot = _pick(draw, PROTS)
+        return before + [Step("munmap", (addr, length), result=result)] + _probe_after(draw, proc, gen, addr)
+    prot = _pick(draw, MPROTECT_PROTS)
     for region in proc.regions:
         if isinstance(addr, Ref) and addr.result == region.result and addr.offset == 0 and not prot & ~7:
             region.prot = prot | (region.prot & abi.PROT_EXEC)       # X stays: it may still be set
     if prot & abi.PROT_EXEC:
         for region in proc.regions:
             region.prot |= abi.PROT_EXEC                               # ranges may straddle regions
-    return [Step("mprotect", (addr, length, prot), result=result)] + _probe_after(draw, proc, gen, addr)
+    return before + [Step("mprotect", (addr, length, prot), result=result)] + _probe_after(draw, proc, gen, addr)
+
+
+def _touch_before(draw, proc: _Process, addr: int | Ref) -> list[Step]:
+    """Sometimes touch a range just before munmap/mprotect changes it: the access fills the TLB,
+    so a kernel that forgets to flush it keeps using the old translation on the next touch."""
+    if not isinstance(addr, Ref) or not proc.memory_ok or proc.vfork_child or not _bool(draw):
+        return []                                          # (no touch is what shrinking reaches)
+    region = next((r for r in proc.regions if r.result == addr.result), None)
+    if region is None or not region.ok or not 0 <= addr.offset < region.length or region.length >= 1 << 40:
+        return []
+    if region.prot & abi.PROT_WRITE:
+        return [Step("store", (addr, _pick(draw, [0x2A, abi.U64])))]
+    if region.prot & abi.PROT_READ:
+        return [Step("load", (addr,))]
+    return []
 
 
 def _probe_after(draw, proc: _Process, gen: _Gen, addr: int | Ref) -> list[Step]:
-    """Sometimes touch the range a munmap/mprotect/MAP_FIXED just changed, at once: a kernel
-    that forgets a TLB flush or updates the wrong page table shows it here and nowhere else."""
-    if not isinstance(addr, Ref) or not proc.memory_ok or proc.vfork_child or _int(draw, 0, 2):
+    """Often touch the range a munmap/mprotect/MAP_FIXED just changed, at once: a kernel that
+    forgets a TLB flush or updates the wrong page table shows it here and nowhere else. Stores
+    mostly: a stale writable translation shows only when written through."""
+    if not isinstance(addr, Ref) or not proc.memory_ok or proc.vfork_child or _int(draw, 0, 2) == 0:
         return []
     region = next((r for r in proc.regions if r.result == addr.result), None)
-    if region is None or not 0 <= addr.offset <= region.length + 8 or _int(draw, 0, 1):
+    if region is None or not 0 <= addr.offset <= region.length + 8 or _int(draw, 0, 2) == 2:
         return [Step("load", (addr,))]
     return [Step("store", (addr, 0x2A))]
 
@@ -342,16 +445,31 @@ def _brk(draw, proc: _Process, gen: _Gen) -> list[Step]:
             proc.heap.append((base, delta))          # valid if the break was not moved since
     else:
         arg = _pick(draw, [0, 1, abi.TASK_SIZE, abi.U64])
+        if arg == 0 and _bool(draw):
+            return _grow_heap(draw, proc, gen)
     n = gen.result()
     proc.brks.append(n)
     return [Step("brk", (arg,), result=n)]
+
+
+def _grow_heap(draw, proc: _Process, gen: _Gen) -> list[Step]:
+    """brk(0), grow the break from it, and often write the new heap: memory that fork must copy
+    and exec must drop like any mapping's."""
+    n, m = gen.result(), gen.result()
+    delta = _pick(draw, [PAGE, 2 * PAGE, 0x1001])
+    proc.brks += [n, m]
+    proc.heap.append((n, delta))
+    steps = [Step("brk", (0,), result=n), Step("brk", (Ref(n, delta),), result=m)]
+    if proc.memory_ok and not proc.vfork_child and _bool(draw):
+        steps.append(Step("store", (Ref(n, _pick(draw, [0, delta - 8])), 0x2A)))
+    return steps
 
 
 def _write(draw, proc: _Process, gen: _Gen) -> list[Step]:
     fd = _pick(draw, [1, 2, 99, -1])
     addr = _probe_addr(draw, proc, gen, for_store=False)
     length = _pick(draw, [8, 1, 0, PAGE, 2 * PAGE])
-    return [Step("write", (fd, addr, length), result=gen.result() if draw(_BOOLS) else None)]
+    return [Step("write", (fd, addr, length), result=gen.result() if _bool(draw) else None)]
 
 
 def _wait4(draw, proc: _Process, gen: _Gen) -> list[Step]:
@@ -381,33 +499,45 @@ def _wait4(draw, proc: _Process, gen: _Gen) -> list[Step]:
 def _execve(draw, proc: _Process, gen: _Gen) -> list[Step]:
     # Mostly an image that may exist; sometimes one past the last possible image (ENOENT).
     target = gen.n_images if _int(draw, 0, 3) == 3 else _int(draw, gen.image + 1, max(gen.image + 1, gen.n_images - 1))
-    return [Step("execve", (target,), result=gen.result() if draw(_BOOLS) else None)]
+    return [Step("execve", (target,), result=gen.result() if _bool(draw) else None)]
 
 
 # --- Lists -------------------------------------------------------------------------------------
 
-# Ops by weight (repeats), simplest first so shrinking moves towards getpid.
+# Ops by weight (repeats), simplest first so shrinking moves towards getpid. brk appears twice:
+# a grown heap is memory fork must copy and the break a base for loads below it.
 _SIMPLE = ["getpid", "mmap", "store", "load", "mmap", "store", "brk", "munmap", "mprotect", "load",
            "write", "observe", "mmap", "wait4", "store", "observe", "sched_yield", "getppid", "fetch",
-           "mprotect", "execve", "exit"]
+           "mprotect", "brk", "execve", "exit"]
+_STOP = None                     # the first entries of every step table: end the list (what shrinking tries first)
+_STEP_TABLES: dict[tuple, tuple] = {}
 
 
-def _step(draw, proc: _Process, gen: _Gen, may_exit: bool = True) -> list[Step]:
-    ops = [op for op in _SIMPLE if _allowed(op, proc, gen) and (may_exit or op != "exit")]
-    op = _pick(draw, ops)
+def _step_table(proc: _Process, may_exit: bool) -> tuple:
+    """The ops this process may draw now, by weight, after the stop entries (built once per kind of
+    process: recomputing the filter for every step cost as much as a choice)."""
+    key = (proc.vfork_child, proc.memory_ok, bool(proc.regions), bool(proc.heap), proc.getppid_ok, may_exit)
+    table = _STEP_TABLES.get(key)
+    if table is None:
+        ops = tuple(op for op in _SIMPLE if _allowed(op, proc) and (may_exit or op != "exit"))
+        # Three stops to every two rounds of the ops: a list of all ops ends after 16 steps on average.
+        table = _STEP_TABLES[key] = (_STOP,) * 3 + ops * 2
+    return table
+
+
+def _step(draw, proc: _Process, gen: _Gen, op: str) -> list[Step]:
     if op in ("getpid", "sched_yield", "getppid"):
-        return [Step(op, (), result=gen.result() if draw(_BOOLS) else None)]
+        return [Step(op, (), result=gen.result() if _bool(draw) else None)]
     if op == "exit":
         return [Step(_pick(draw, ["exit", "exit_group"]), (_pick(draw, [0, 1, 255, 256, 300, -1]),))]
     if op == "observe":
         return [Step("observe")]
     if op in ("munmap", "mprotect"):
         return _munmap_mprotect(draw, proc, gen, op)
-    return {"mmap": _mmap, "store": _store, "load": _load, "fetch": _fetch, "brk": _brk,
-            "write": _write, "wait4": _wait4, "execve": _execve}[op](draw, proc, gen)
+    return _MAKERS[op](draw, proc, gen)
 
 
-def _allowed(op: str, proc: _Process, gen: _Gen) -> bool:
+def _allowed(op: str, proc: _Process) -> bool:
     if proc.vfork_child:
         return op in ("store", "exit", "execve") and (op != "store" or proc.memory_ok and bool(proc.regions))
     if op == "observe":
@@ -419,34 +549,26 @@ def _allowed(op: str, proc: _Process, gen: _Gen) -> bool:
     return True
 
 
-_PENDING: list[tuple] = []
-
-
-@st.composite
-def _span_strategy(draw):
-    make, args = _PENDING.pop()
-    return make(draw, *args)
-
-
-_SPAN = _span_strategy()         # built once: a strategy per draw costs as much as the draw
-
-
-def _span(draw, make, *args):
-    """`make(draw, *args)`, drawn as one unit of the choice sequence so that Hypothesis can
-    delete a whole step (or a whole fork) when it shrinks. Draws run synchronously, so the
-    pending call is always the one this draw pops."""
-    _PENDING.append((make, args))
-    return draw(_SPAN)
+# Span labels: one per kind of unit, so that mutations swap like with like.
+_STEP_SPAN, _FORK_SPAN, _IMAGE_SPAN, _SPEC_SPAN = 0x5EB1, 0x5EB2, 0x5EB3, 0x5EB4
 
 
 def _maybe_step(draw, proc: _Process, gen: _Gen, force_fork: bool) -> list[Step] | None:
-    """The next steps of a list, or None to end it (the decision is part of the step's span)."""
-    if gen.budget <= 0 or _int(draw, 0, 15) == 0:
+    """The next steps of a list, or None to end it. The decision to go on and the op are one
+    choice (the first entries end the list), inside the step's span."""
+    if gen.budget <= 0:
         return None
-    new = _step(draw, proc, gen, may_exit=not force_fork)
+    op = _pick(draw, _step_table(proc, not force_fork))
+    if op is _STOP:
+        return None
+    new = _step(draw, proc, gen, op)
     if force_fork and new[-1].op in ("exit", "exit_group"):
         return []                                        # this list must reach its fork
     return new
+
+
+_MAKERS = {"mmap": _mmap, "store": _store, "load": _load, "fetch": _fetch, "brk": _brk,
+           "write": _write, "wait4": _wait4, "execve": _execve}
 
 
 def _maybe_fork(draw, proc: _Process, gen: _Gen, force_fork: bool) -> Step | None:
@@ -459,14 +581,14 @@ def _maybe_fork(draw, proc: _Process, gen: _Gen, force_fork: bool) -> Step | Non
 def _step_list(draw, proc: _Process, gen: _Gen, force_fork: bool) -> tuple[Step, ...]:
     steps: list[Step] = []
     while True:
-        new = _span(draw, _maybe_step, proc, gen, force_fork)
+        new = _span(draw, _STEP_SPAN, _maybe_step, proc, gen, force_fork)
         if new is None:
             break
         gen.budget -= len(new)
         steps += new
         if new and new[-1].op in ("exit", "exit_group"):
             return tuple(steps)
-    fork = _span(draw, _maybe_fork, proc, gen, force_fork)
+    fork = _span(draw, _FORK_SPAN, _maybe_fork, proc, gen, force_fork)
     if fork is not None:
         steps.append(fork)
     return tuple(steps)
@@ -486,7 +608,7 @@ def _fork(draw, proc: _Process, gen: _Gen) -> Step:
         child.vfork_child = True
         child.getppid_ok = True
     else:
-        leaf = child.depth >= gen.max_depth or draw(_BOOLS)
+        leaf = child.depth >= gen.max_depth or _bool(draw)
         if leaf:
             child.depth = gen.max_depth                  # a leaf forks no further
         parent.children.append((n, proc.has_shared and proc.token, leaf))
@@ -507,7 +629,6 @@ def _fork(draw, proc: _Process, gen: _Gen) -> Step:
     return Step(op, args, result=n, child=child_steps, parent=parent_steps)
 
 
-@st.composite
 def _image_steps(draw, spec: ElfSpec, image: int, n_images: int, budget: int, max_depth: int,
                  forks: bool) -> tuple[Step, ...]:
     gen = _Gen(draw, spec, image, n_images, budget, max_depth)
@@ -515,36 +636,47 @@ def _image_steps(draw, spec: ElfSpec, image: int, n_images: int, budget: int, ma
     return _step_list(draw, root, gen, force_fork=forks)
 
 
+def _draw_spec(draw) -> ElfSpec:
+    """elf_specs() without mutations, drawn choice by choice."""
+    return ElfSpec(etype=_pick(draw, _ETYPES), layout=_pick(draw, _LAYOUTS), bss=_pick(draw, _BSS),
+                   base=_pick(draw, _BASES), stack=_pick(draw, _STACKS), text=_pick(draw, _TEXTS))
+
+
 def _maybe_spec(draw, vary_elf: bool) -> ElfSpec:
-    return draw(_ELF_SPECS) if vary_elf and _int(draw, 0, 2) == 0 else ElfSpec()
+    # Half the images vary their layout: "shared" pages, bss tails and ET_DYN placement are
+    # where loaders go wrong.
+    return _draw_spec(draw) if vary_elf and _bool(draw) else ElfSpec()
 
 
 def _maybe_image(draw, index: int, max_images: int, budget: int, max_depth: int, forks: bool,
                  vary_elf: bool) -> Image | None:
     if index > 0 and _int(draw, 0, 2) == 0:
         return None
-    spec = _span(draw, _maybe_spec, vary_elf)
-    steps = draw(_image_steps(spec, index, max_images, budget, max_depth, forks))
+    spec = _span(draw, _SPEC_SPAN, _maybe_spec, vary_elf)
+    steps = _image_steps(draw, spec, index, max_images, budget, max_depth, forks)
     return Image(steps, spec)
 
 
-@st.composite
-def programs(draw, max_steps: int = DEFAULT_STEPS, max_images: int = 2, max_depth: int = 4,
-             min_forks: int = 1, vary_elf: bool = True) -> Program:
-    """A whole program: image 0 (with at least `min_forks` fork when min_forks > 0) and up to
-    `max_images - 1` more images reached by execve; at most about `max_steps` steps in all.
-    Image 0 gets two thirds of the budget when there may be more images. execve targets run to
-    `max_images`, so a target may be missing (ENOENT)."""
+def _program(draw, max_steps: int, max_images: int, max_depth: int, min_forks: int, vary_elf: bool) -> Program:
     max_images = max(1, max_images)
     first = max_steps if max_images == 1 else (2 * max_steps) // 3
     later = max(2, (max_steps - first) // max(1, max_images - 1))
-    images = [_span(draw, _maybe_image, 0, max_images, first, max_depth, min_forks > 0, vary_elf)]
+    images = [_span(draw, _IMAGE_SPAN, _maybe_image, 0, max_images, first, max_depth, min_forks > 0, vary_elf)]
     for index in range(1, max_images):
-        image = _span(draw, _maybe_image, index, max_images, later, max_depth, False, vary_elf)
+        image = _span(draw, _IMAGE_SPAN, _maybe_image, index, max_images, later, max_depth, False, vary_elf)
         if image is None:
             break
         images.append(image)
     return Program(tuple(images))
+
+
+def programs(max_steps: int = DEFAULT_STEPS, max_images: int = 2, max_depth: int = 4,
+             min_forks: int = 1, vary_elf: bool = True) -> st.SearchStrategy[Program]:
+    """A whole program: image 0 (with at least `min_forks` fork when min_forks > 0) and up to
+    `max_images - 1` more images reached by execve; at most about `max_steps` steps in all.
+    Image 0 gets two thirds of the budget when there may be more images. execve targets run to
+    `max_images`, so a target may be missing (ENOENT)."""
+    return _Direct("programs", _program, max_steps, max_images, max_depth, min_forks, vary_elf)
 
 
 @st.composite
@@ -563,10 +695,10 @@ def malformed_programs(draw, max_steps: int = 10) -> Program:
         next_result += 1
         steps += [Step("brk", (0,), result=next_result), Step("observe")]
         next_result += 1
-    tail = draw(_image_steps(ElfSpec(), 0, len(targets) + 1, max_steps, 2, forks=False))
+    tail = draw(_Direct("_image_steps", _image_steps, ElfSpec(), 0, len(targets) + 1, max_steps, 2, False))
     # Renumber the tail's results past ours (the tail was drawn with its own numbering).
     tail = _renumber(tail, next_result - 1)
-    if draw(_BOOLS):
+    if draw(st.booleans()):
         pid = next_result + 1000
         body = tuple(steps[1:])
         root = (steps[0], Step("fork", (), result=pid, child=body,

@@ -164,3 +164,45 @@ def test_shrinks_to_a_small_program():
                  settings=settings(max_examples=3000, database=None, suppress_health_check=list(HealthCheck)))
     assert found.step_count() <= 3, found          # e.g. munmap, vfork (+1)
     assert len(found.images) == 1
+
+
+def _adjacent(steps):
+    """(previous step, step, next step) for every step of every list of a tree."""
+    for lst, _ in _lists(steps, {"vfork_child": False, "parent_waits": True, "depth": 0}):
+        for i, step in enumerate(lst):
+            yield (lst[i - 1] if i else None), step, (lst[i + 1] if i + 1 < len(lst) else None)
+
+
+def test_default_distribution_reaches_the_edges():
+    """The patterns that planted kernel bugs needed show up within a few hundred programs: a grown
+    break written at once, then a fork; store / mprotect / store on one address; a mapping
+    touched at once in an execve'd image; a load one page below a break; "shared" layouts.
+    (Hypothesis's mutations draw programs in clusters, hence several hundred examples.)"""
+    seen = {"heap": 0, "tlb": 0, "exec-touch": 0, "below-break": 0, "shared-layout": 0}
+
+    def touches(step, ref):
+        return step is not None and step.op in ("load", "store") and step.args[0] == ref
+
+    @settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(programs())
+    def collect(prog):
+        for index, image in enumerate(prog.images):
+            seen["shared-layout"] += image.elf.layout == "shared"
+            breaks = {s.result for s in walk_steps(image.steps) if s.op == "brk"}
+            for lst, _ in _lists(image.steps, {"vfork_child": False, "parent_waits": True, "depth": 0}):
+                grown = [i for i, s in enumerate(lst) if s.op == "brk" and isinstance(s.args[0], Ref)
+                         and s.args[0].offset > 0 and i + 1 < len(lst) and lst[i + 1].op == "store"
+                         and isinstance(lst[i + 1].args[0], Ref) and lst[i + 1].args[0].result == s.args[0].result]
+                if grown and any(s.op in FORK_OPS for s in lst[grown[0]:]):
+                    seen["heap"] += 1
+            for before, step, after in _adjacent(image.steps):
+                ref = step.args[0] if step.args else None
+                if step.op == "mprotect" and isinstance(ref, Ref) and touches(before, ref) \
+                        and touches(after, ref) and after.op == "store":
+                    seen["tlb"] += 1
+                if index > 0 and step.op == "mmap" and step.result is not None and touches(after, Ref(step.result)):
+                    seen["exec-touch"] += 1
+                if step.op == "load" and isinstance(ref, Ref) and ref.result in breaks and ref.offset == -abi.PAGE_SIZE:
+                    seen["below-break"] += 1
+    collect()
+    assert all(seen.values()), seen
