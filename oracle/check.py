@@ -68,6 +68,12 @@ class _Diverge(Exception):
         self.signature, self.pid = signature, pid
 
 
+@dataclass(frozen=True)
+class _ExecInto:
+    """A successful execve: the process continues with image `image`'s steps."""
+    image: int
+
+
 class _Stop(Exception):
     """The check cannot go on (out of scope for the model): inconclusive."""
 
@@ -96,141 +102,40 @@ class _CodeMap:
     text_vaddr: int
 
 
-def _code_map(index: int, image: Image, build: Any) -> _CodeMap | None:
-    """Each step's code addresses: from the build's own record of them (ImageInfo.step_spans,
-    syscall_ends, tail_addrs) when it has one, else by replaying the code generator."""
-    recorded = _recorded_code_map(index, image, build)
-    return recorded if recorded is not None else _replayed_code_map(index, image, build)
-
-
-_TAIL_SYSCALL_LEN: list[int] = []
-
-
-def _tail_syscall_len() -> int:
-    """Bytes from a list's implicit exit_group(0) to the end of its syscall instruction (the
-    same for every list: its code uses no addresses)."""
-    if not _TAIL_SYSCALL_LEN:
-        from ._internal import codegen
-        from ._internal.x86 import Assembler
-
-        asm = Assembler(0x1000)
-        probe = codegen._Symbols(table=0x1000, paths={}, argvs={}, null_word=0x1000)
-        codegen._Generator(asm, _default_elf_spec(), probe).syscall(Nr.exit_group, [0], Step("exit_group", (0,)))
-        _TAIL_SYSCALL_LEN.append(asm.here - 0x1000)
-    return _TAIL_SYSCALL_LEN[0]
-
-
-def _default_elf_spec() -> Any:
-    from .program import ElfSpec
-    return ElfSpec()
-
-
-def _recorded_code_map(index: int, image: Image, build: Any) -> _CodeMap | None:
-    """The code map from the generator's bookkeeping: spans and syscall ends in walk_steps
-    order, tails in the order the lists end (a list ends after the lists nested in it)."""
+def _code_map(index: int, image: Image, build: Any) -> _CodeMap:
+    """Each step's code addresses, from the code generator's record of them in the build
+    (ImageInfo.step_spans and syscall_ends in walk_steps order; tail_addrs and
+    tail_syscall_ends for the implicit exit_group(0) of each list that runs off its end, in the
+    order lists end: a list ends after the lists nested in it)."""
     info = build.info[index]
-    spans = getattr(info, "step_spans", ())
-    sysends_rec = getattr(info, "syscall_ends", ())
-    tails_rec = getattr(info, "tail_addrs", ())
-    if not spans and image.steps:
-        return None
+    spans, sysends = info.step_spans, info.syscall_ends
+    tail_iter = iter(zip(info.tail_addrs, info.tail_syscall_ends))
     steps: dict[tuple, _Code] = {}
     tails: dict[tuple, int] = {}
-    counter = [0, 0]
-    tail_len = _tail_syscall_len()
+    counter = [0]
 
     def walk(lst: tuple[Step, ...], base: tuple) -> None:
         for i, step in enumerate(lst):
             path = base + (i,)
-            k = counter[0]
+            start, end = spans[counter[0]]
+            steps[path] = _Code(start, sysends[counter[0]] or None, end)
             counter[0] += 1
-            start, end = spans[k]
-            sys_end = sysends_rec[k] or None
-            steps[path] = _Code(start, sys_end, end)
             if step.op in FORK_OPS:
                 walk(step.child or (), path + ("c",))
                 walk(step.parent or (), path + ("p",))
         if not lst or (lst[-1].op not in EXIT_OPS and lst[-1].op not in FORK_OPS):
-            at = tails_rec[counter[1]]
-            counter[1] += 1
+            at, sys_end = next(tail_iter)
             tails[base] = at
-            steps[base + ("tail",)] = _Code(at, at + tail_len, at + 32)
+            steps[base + ("tail",)] = _Code(at, sys_end, at + 32)
 
     try:
         walk(image.steps, ())
-    except IndexError:
-        return None          # the record does not match the program: replay instead
-    if counter[0] != len(spans) or counter[1] != len(tails_rec):
-        return None
-    text = _text_bytes(index, image, build)
-    return _CodeMap(steps, tails, text, info.ret_gadget)
-
-
-def _replayed_code_map(index: int, image: Image, build: Any) -> _CodeMap | None:
-    """Replay the code generator to learn each step's code addresses (instruction lengths do
-    not depend on data addresses, so the generator's measuring pass gives the final layout)."""
-    from ._internal import codegen
-    from ._internal.x86 import Assembler
-
-    info = build.info[index]
-    spec = image.elf
-    entry = info.entry
-    class _Anywhere(dict):
-        """Every data symbol at one address: instruction lengths do not depend on it."""
-        def __missing__(self, key: Any) -> int:
-            return entry
-
-    probe = codegen._Symbols(table=entry, paths=_Anywhere(), argvs=_Anywhere(), null_word=entry)
-    asm = Assembler(entry)
-    starts: dict[tuple, int] = {}
-    sysends: dict[tuple, int] = {}
-    ends: dict[tuple, int] = {}
-    tails: dict[tuple, int] = {}
-    list_starts: dict[tuple, int] = {}
-    bases: list[tuple] = [()]
-    current: list[tuple] = [()]
-    original_syscall = asm.syscall
-
-    def syscall() -> None:
-        original_syscall()
-        sysends.setdefault(current[0], asm.here)
-
-    asm.syscall = syscall      # type: ignore[method-assign]
-
-    class Mapper(codegen._Generator):
-        def steps(self, steps: tuple[Step, ...]) -> None:
-            base = bases.pop()
-            list_starts[base] = asm.here
-            for i, step in enumerate(steps):
-                path = base + (i,)
-                current[0] = path
-                starts[path] = asm.here
-                spans = getattr(self, "spans", None)      # the generator's own bookkeeping, if any
-                if isinstance(spans, list):
-                    spans.append((asm.here, 0))
-                if step.op in FORK_OPS:
-                    bases.extend([path + ("p",), path + ("c",)])
-                self.step(step)
-                if step.op not in FORK_OPS:
-                    ends[path] = asm.here
-            if not steps or (steps[-1].op not in EXIT_OPS and steps[-1].op not in FORK_OPS):
-                current[0] = base + ("tail",)
-                tails[base] = asm.here
-                self.syscall(Nr.exit_group, [0], Step("exit_group", (0,)))
-                asm.ud2()
-
-    try:
-        Mapper(asm, spec, probe).steps(image.steps)
-    except (AttributeError, TypeError, KeyError) as e:    # codegen internals changed
-        raise _Stop(f"cannot map the code of image {index}: {e!r}") from None
-    for path, start in starts.items():
-        if path not in ends:
-            ends[path] = list_starts.get(path + ("c",), start)
-    steps = {p: _Code(starts[p], sysends.get(p), ends[p]) for p in starts}
-    for base, at in tails.items():
-        steps[base + ("tail",)] = _Code(at, sysends.get(base + ("tail",)), at + 32)
-    text = _text_bytes(index, image, build)
-    return _CodeMap(steps, tails, text, info.ret_gadget)
+        matches = counter[0] == len(spans) and next(tail_iter, None) is None
+    except (IndexError, StopIteration):          # the record is shorter than the program
+        matches = False
+    if not matches:
+        raise _Stop(f"image {index}: the build's code record does not match the program")
+    return _CodeMap(steps, tails, _text_bytes(index, image, build), info.ret_gadget)
 
 
 def _text_bytes(index: int, image: Image, build: Any) -> bytes:
@@ -532,7 +437,7 @@ class _Checker:
         self.coverage.add("exec.initial")
         self.state = result.state
         self.paths[event.pid] = "root"
-        gen = self._process(event.pid, self._run_image(event.pid, 0))
+        gen = self._process(event.pid, self._follow_execs(event.pid, self._run_image(event.pid, 0)))
         next(gen)
         self.gens[event.pid] = gen
 
@@ -569,8 +474,6 @@ class _Checker:
     def _run_image(self, pid: int, index: int) -> Generator:
         if index not in self.codemaps:
             self.codemaps[index] = _code_map(index, self.program.images[index], self.build)
-        if self.codemaps[index] is None:
-            raise _Stop(f"cannot map the code of image {index}")
         proc = self.state.procs[pid]
         image_bytes = self.build.images[self.build.info[index].path]
         entry = model_exec.entry_point(image_bytes, proc.load_bias)
@@ -581,7 +484,14 @@ class _Checker:
             if fault is not None:
                 raise _Dies(fault, "the image's entry point")
             raise _Stop("the image's entry point is not the generated code's")
-        yield from self._run_list(pid, index, (), self.program.images[index].steps, None)
+        return (yield from self._run_list(pid, index, (), self.program.images[index].steps, None))
+
+    def _follow_execs(self, pid: int, body: Generator) -> Generator:
+        """Run a process's code, then each image it execs into, in a loop: a program may exec
+        itself forever (the backend's budget ends it), which recursion could not follow."""
+        outcome = yield from body
+        while isinstance(outcome, _ExecInto):
+            outcome = yield from self._run_image(pid, outcome.image)
 
     def _run_list(self, pid: int, index: int, base: tuple, steps: tuple[Step, ...],
                   pending_store: tuple[int, int] | None) -> Generator:
@@ -592,7 +502,7 @@ class _Checker:
             self.current_step[pid] = _StepText(step)
             done = yield from self._step(pid, index, path, step)
             if done:
-                return
+                return done
         # A list that runs off its end does exit_group(0).
         self.current_step[pid] = "exit_group(0) (end of list)"
         code = self.codemaps[index].steps[base + ("tail",)]
@@ -815,19 +725,18 @@ class _Checker:
             child = observed
             self.paths[child] = self.state.procs[child].path
             slot = (self._slot(pid, index, step.result), 0) if step.result is not None else None
-            child_gen = self._process(child, self._run_list(child, index, path + ("c",), step.child or (), slot))
+            child_gen = self._process(child, self._follow_execs(
+                child, self._run_list(child, index, path + ("c",), step.child or (), slot)))
             next(child_gen)
             self.gens[child] = child_gen
             pending = (self._slot(pid, index, step.result), child) if step.result is not None else None
             yield from self._post_syscall(pid, index, code)
-            yield from self._run_list(pid, index, path + ("p",), step.parent or (), pending)
-            return True
+            return (yield from self._run_list(pid, index, path + ("p",), step.parent or (), pending)) or True
         if op in FORK_OPS:
             # The fork failed: the code takes the parent's branch (rax != 0).
             pending = (self._slot(pid, index, step.result), observed) if step.result is not None else None
             yield from self._post_syscall(pid, index, code)
-            yield from self._run_list(pid, index, path + ("p",), step.parent or (), pending)
-            return True
+            return (yield from self._run_list(pid, index, path + ("p",), step.parent or (), pending)) or True
         yield from self._post_syscall(pid, index, code)
         if step.result is not None:
             self._user_store(pid, self._slot(pid, index, step.result), observed, where)
@@ -904,8 +813,7 @@ class _Checker:
             raise _Diverge(f"a layout the profile allows: {result.expected}", str(ev2.layout), step=where, pid=pid,
                            signature=("execve", "layout", "not-allowed"))
         self.state = result.state
-        yield from self._run_image(pid, k)
-        return True
+        return _ExecInto(k)         # _follow_execs runs the new image: no recursion per exec
 
     def _compare_view(self, pid: int, view: View, where: str) -> None:
         self.last_view[pid] = view

@@ -104,6 +104,8 @@ class ImageInfo:
     # The implicit exit_group(0) of each step list that runs off its end, in the order the lists
     # are laid out (a list's code, then its fork's child list, then the parent list).
     tail_addrs: tuple[int, ...] = ()
+    # For each entry of tail_addrs, the address right after its `syscall` instruction.
+    tail_syscall_ends: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ def _generate(image: Image, spec: ElfSpec, entry: int, symbols: _Symbols,
     gen = _Generator(Assembler(entry), spec, symbols)
     gen.steps(image.steps)
     if layout is not None:
-        layout.update(step_spans=tuple(gen.spans), syscall_ends=tuple(gen.sysends), tail_addrs=tuple(gen.tails))
+        layout.update(step_spans=tuple(gen.spans), syscall_ends=tuple(gen.sysends), tail_addrs=tuple(gen.tails),
+                      tail_syscall_ends=tuple(gen.tail_sysends))
     return gen.asm.finish()
 
 
@@ -231,6 +234,7 @@ class _Generator:
         self.spans: list[tuple[int, int]] = []
         self.sysends: list[int] = []
         self.tails: list[int] = []
+        self.tail_sysends: list[int] = []
         self.current: int | None = None            # index of the step being emitted
 
     def slot(self, n: int) -> Mem:
@@ -302,6 +306,7 @@ class _Generator:
             self.current = None
             self.tails.append(self.asm.here)
             self.syscall(Nr.exit_group, [0], Step("exit_group", (0,)))
+            self.tail_sysends.append(self.asm.here)       # syscall() ends with the instruction
             self.asm.ud2()
 
     def step(self, step: Step) -> None:

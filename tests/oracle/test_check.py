@@ -230,3 +230,15 @@ def test_regressions_pass_on_linux(name):
     build = compile_program(program)
     verdict = check(program, build, LinuxBackend().run(build.images, build.entry), LINUX)
     assert verdict.status == "pass", verdict.reason
+
+
+def test_an_image_that_execs_itself_forever_is_inconclusive_not_a_crash() -> None:
+    """The minimiser can turn execve(1) into execve(0); the budget ends the run and the
+    checker must follow thousands of execs without recursing."""
+    from forkspec.oracle._internal.pipeline import Config, run_case
+    from forkspec.oracle.program import Image, Program, Step
+    from forkspec.specs.trace import Budget
+    program = Program((Image((Step("getpid", (), result=1), Step("execve", (0,)))),))
+    result = run_case(program, Config(budget=Budget(instructions=3_000_000, wall_seconds=20.0)))
+    assert result.verdict.status == "inconclusive", result.verdict
+    assert sum(1 for e in result.trace.events if type(e).__name__ == "Exec") > 1000
