@@ -23,7 +23,9 @@ from .machine import PTE_FILE_HOLE, PTE_NX, PTE_P, PTE_RW, PTE_US
 
 ET_EXEC, ET_DYN = 2, 3
 EM_X86_64 = 62
-PT_LOAD, PT_INTERP, PT_GNU_STACK = 1, 3, 0x6474E551
+PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_GNU_STACK = 1, 2, 3, 0x6474E551
+_PHDR = struct.Struct("<IIQQQQQQ")      # p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+_Q = struct.Struct("<Q")
 PF_X, PF_W, PF_R = 1, 2, 4
 ET_DYN_BASE = 0x5555_5555_4000        # levitate's fixed ET_DYN base (Linux's ELF_ET_DYN_BASE, -R)
 AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ, AT_ENTRY, AT_RANDOM = 0, 3, 4, 5, 6, 9, 25
@@ -92,6 +94,26 @@ def _parse(data: bytes) -> ElfImage:
         raise ExecError(Errno.ENOEXEC)
     if phoff + phnum * 56 > len(data):
         raise ExecError(Errno.ENOEXEC)               # short read of the program headers
+    headers = [_PHDR.unpack_from(data, phoff + 56 * i) for i in range(phnum)]
+    if any(header[0] == PT_DYNAMIC for header in headers):
+        # pyelftools builds a DynamicSegment, which reads section headers and may refuse the
+        # image: keep its answer for these rare images.
+        segments, exec_stack, entry = _segments_pyelftools(data, phnum)
+    else:
+        segments, exec_stack = [], False
+        for kind, flags, offset, vaddr, _paddr, filesz, memsz, _align in headers:
+            if kind == PT_LOAD:
+                segments.append(LoadSegment(vaddr, offset, filesz, memsz, flags))
+            elif kind == PT_INTERP:
+                raise ExecError(Errno.ENOENT)
+            elif kind == PT_GNU_STACK:
+                exec_stack = bool(flags & PF_X)
+        entry = _Q.unpack_from(data, 24)[0]
+    return ElfImage(etype, entry, phoff, phnum, tuple(segments), exec_stack)
+
+
+def _segments_pyelftools(data: bytes, phnum: int) -> tuple[list[LoadSegment], bool, int]:
+    """The program headers as pyelftools reads them (the reference for the direct reader)."""
     # Linux reads every image as ELF64 little-endian (elf_check_arch tests e_machine only);
     # normalise the identification bytes so pyelftools does too.
     normalised = bytearray(data[:64])
@@ -109,10 +131,9 @@ def _parse(data: bytes) -> ElfImage:
                 raise ExecError(Errno.ENOENT)
             elif kind == "PT_GNU_STACK":
                 exec_stack = bool(header["p_flags"] & PF_X)
-        entry = elf.header["e_entry"]
+        return segments, exec_stack, elf.header["e_entry"]
     except (ELFError, struct.error, ValueError) as error:
         raise ExecError(Errno.ENOEXEC) from error
-    return ElfImage(etype, entry, phoff, phnum, tuple(segments), exec_stack)
 
 
 def _segment_prot(flags: int) -> int:

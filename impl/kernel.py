@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from itertools import compress
+from operator import itemgetter
 
 from unicorn import UcError
 from unicorn.unicorn_const import UC_ERR_INSN_INVALID
@@ -34,8 +35,8 @@ from . import exec as elf_exec
 from .frames import KIND_NAMES, KIND_USER, FrameTable, OutOfFrames
 from .machine import (KERNEL_PML4_SLOT, PTE_COW, PTE_FILE_HOLE, PTE_FRAME_MASK, PTE_HW_NOISE,
                       PTE_NX, PTE_P, PTE_RW, PTE_US, R_RAX, R_RDI, R_RDX, R_RFLAGS, R_RIP, R_RSI,
-                      R_R8, R_R9, R_R10, R_R11, R_RCX, R_RSP, RFLAGS_USER, Machine)
-from .mm import AddressSpace, page_down, pte_bits_for_prot
+                      R_R8, R_R9, R_R10, R_R11, R_RCX, R_RSP, RFLAGS_USER, ZERO_PAGE, Machine)
+from .mm import AddressSpace, is_run, page_down, pte_bits_for_prot
 from .process import INIT_PID, REAPED, ZOMBIE, Process, ProcessSyscalls
 from .zoo import check_plant
 
@@ -99,6 +100,9 @@ def access_ok(addr: int, size: int) -> bool:
         return addr <= USER_PTR_MAX
     end = (addr + size) & U64
     return end <= USER_PTR_MAX and end >= addr
+
+
+_syscall_args = itemgetter(R_RDI, R_RSI, R_RDX, R_R10, R_R8, R_R9)   # the six argument registers
 
 
 class _Quiet(int):
@@ -278,7 +282,7 @@ class Kernel(ProcessSyscalls):
         proc = self.current
         proc.regs = regs
         nr = regs[R_RAX]
-        args = (regs[R_RDI], regs[R_RSI], regs[R_RDX], regs[R_R10], regs[R_R8], regs[R_R9])
+        args = _syscall_args(regs)
         self._cur_nr, self._cur_args = nr, args
         self.generation += 1
         handler = self._syscalls.get(nr)
@@ -288,7 +292,7 @@ class Kernel(ProcessSyscalls):
             uc.emu_stop()
             return
         if not isinstance(result, _Quiet):
-            self.emit_syscall(proc, result)
+            self.emit(Syscall(proc.pid, nr, args, as_signed(result)))     # emit_syscall, inline
             if self._halted:
                 self._stop_reason = ("switch",)
                 uc.emu_stop()
@@ -498,8 +502,8 @@ class Kernel(ProcessSyscalls):
         self.do_exit(proc, wait_status_signaled(int(signo)))
 
     # --- observation ---------------------------------------------------------------------------------
-    def _leaf_entries(self, root: int):
-        """(va, entry) for every non-zero user leaf entry under `root`, ascending."""
+    def _leaf_tables(self, root: int):
+        """(base va, 512 entries) for every present user last-level table under `root`, ascending."""
         read = self.machine.read_table
 
         def present(table: list[int]):
@@ -508,36 +512,63 @@ class Kernel(ProcessSyscalls):
         for i4, e4 in present(read(root)[:KERNEL_PML4_SLOT]):
             for i3, e3 in present(read(e4 & PTE_FRAME_MASK)):
                 for i2, e2 in present(read(e3 & PTE_FRAME_MASK)):
-                    base = (i4 << 39) | (i3 << 30) | (i2 << 21)
-                    pt = read(e2 & PTE_FRAME_MASK)
-                    for i1 in compress(range(512), pt):
-                        yield base | (i1 << 12), pt[i1]
+                    yield (i4 << 39) | (i3 << 30) | (i2 << 21), read(e2 & PTE_FRAME_MASK)
+
+    def _leaf_entries(self, root: int):
+        """(va, entry) for every non-zero user leaf entry under `root`, ascending."""
+        for base, pt in self._leaf_tables(root):
+            for i1 in compress(range(512), pt):
+                yield base | (i1 << 12), pt[i1]
 
     def view(self, proc: Process) -> View:
         """The address space as the user sees it, read from the page tables in CR3."""
-        mem = self.machine.mem
         ranges: list[list[int]] = []
-        digests = []
-        for va, entry in self._leaf_entries(proc.cr3):
-            if entry & PTE_P:
-                if entry & PTE_US:
-                    rights = RIGHT_R | (RIGHT_W if entry & (PTE_RW | PTE_COW) else 0) | (0 if entry & PTE_NX else RIGHT_X)
-                    pa = entry & PTE_FRAME_MASK
-                    digest = page_digest(bytes(mem[pa:pa + PAGE_SIZE]))
-                    if digest is not None:
-                        digests.append((va, digest))
+        readable: list[tuple[int, int]] = []           # (va, pa) of every present user page
+        last = [0, 0, -1]
+        for base, pt in self._leaf_tables(proc.cr3):
+            used = list(compress(range(512), pt))
+            first = pt[used[0]] if used else 0
+            if (len(used) > 1 and used[-1] - used[0] == len(used) - 1 and first & PTE_P and first & PTE_US
+                    and not (first ^ pt[used[-1]]) & ~PTE_FRAME_MASK and is_run(pt[used[0]:used[-1] + 1])):
+                # One run of consecutive frames with equal rights (a stack, a heap): no per-page work.
+                va, count = base | (used[0] << 12), len(used)
+                rights = RIGHT_R | (RIGHT_W if first & (PTE_RW | PTE_COW) else 0) | (0 if first & PTE_NX else RIGHT_X)
+                pa = first & PTE_FRAME_MASK
+                readable.extend(zip(range(va, va + (count << 12), PAGE_SIZE), range(pa, pa + (count << 12), PAGE_SIZE)))
+                if last[1] == va and last[2] == rights:
+                    last[1] = va + (count << 12)
                 else:
-                    rights = 0
-            elif entry & PTE_FILE_HOLE:
-                rights = (RIGHT_R if entry & PTE_US else 0) | (RIGHT_W if entry & PTE_RW else 0) | (
-                    0 if entry & PTE_NX or not entry & PTE_US else RIGHT_X)
-            else:
+                    last = [va, va + (count << 12), rights]
+                    ranges.append(last)
                 continue
-            if ranges and ranges[-1][1] == va and ranges[-1][2] == rights:
-                ranges[-1][1] = va + PAGE_SIZE
-            else:
-                ranges.append([va, va + PAGE_SIZE, rights])
-        return View(tuple((lo, hi, r) for lo, hi, r in ranges), tuple(digests))
+            for i in used:
+                entry = pt[i]
+                va = base | (i << 12)
+                if entry & PTE_P:
+                    if entry & PTE_US:
+                        rights = RIGHT_R | (RIGHT_W if entry & (PTE_RW | PTE_COW) else 0) | (0 if entry & PTE_NX else RIGHT_X)
+                        readable.append((va, entry & PTE_FRAME_MASK))
+                    else:
+                        rights = 0
+                elif entry & PTE_FILE_HOLE:
+                    rights = (RIGHT_R if entry & PTE_US else 0) | (RIGHT_W if entry & PTE_RW else 0) | (
+                        0 if entry & PTE_NX or not entry & PTE_US else RIGHT_X)
+                else:
+                    continue
+                if last[1] == va and last[2] == rights:
+                    last[1] = va + PAGE_SIZE
+                else:
+                    last = [va, va + PAGE_SIZE, rights]
+                    ranges.append(last)
+        return View(tuple((lo, hi, r) for lo, hi, r in ranges), self._digests(readable))
+
+    def _digests(self, pages: list[tuple[int, int]]) -> tuple[tuple[int, bytes], ...]:
+        """page_digest of every non-zero page in `pages` ((va, pa), ascending va). Each page is
+        compared with zeros where it lies (no copy); only non-zero pages are copied and hashed."""
+        mem, is_zero = self.machine.mem, ZERO_PAGE.startswith
+        last = self.machine.phys_size - PAGE_SIZE      # a corrupted entry may point past memory
+        return tuple((va, page_digest(bytes(mem[pa:pa + PAGE_SIZE]))) for va, pa in pages
+                     if pa > last or not is_zero(mem[pa:pa + PAGE_SIZE]))
 
     # --- raw state -----------------------------------------------------------------------------------
     def raw_state(self) -> RawKernelState:

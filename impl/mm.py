@@ -25,6 +25,22 @@ RLIMIT_STACK = 8 << 20              # a growsdown VMA grows on faults up to this
 PROT_RWX = PROT_READ | PROT_WRITE | PROT_EXEC
 
 
+def is_run(entries: list[int]) -> bool:
+    """Entries e, e + 4 KiB, e + 8 KiB ...: consecutive frames with equal flags (a whole eager
+    mapping usually is one). Tested at C speed: entries with NX set are three-digit Python ints,
+    and per-entry arithmetic on them is what made table walks slow."""
+    return bool(entries) and entries == list(range(entries[0], entries[0] + (len(entries) << 12), PAGE_SIZE))
+
+
+def _leaf_frames(mem64, table: int) -> list[int]:
+    """Frame numbers of the present entries of a last-level table, in table order."""
+    entries = list(filter(None, mem64[table >> 3:(table >> 3) + 512].tolist()))
+    if entries and entries[0] & PTE_P and not (entries[0] ^ entries[-1]) & ~PTE_FRAME_MASK and is_run(entries):
+        first = (entries[0] & PTE_FRAME_MASK) >> 12
+        return list(range(first, first + len(entries)))
+    return [(e & PTE_FRAME_MASK) >> 12 for e in entries if e & PTE_P]
+
+
 def page_align(value: int) -> int:
     return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1) & U64
 
@@ -135,12 +151,17 @@ class AddressSpace:
         """Map zeroed frames over [lo, hi) (callers checked that enough frames are free)."""
         if hi <= lo:
             return
+        # Tables first, then the data frames in one run: consecutive mappings (a stack, then its
+        # TLS page) get consecutive frames, which later copies and frees handle a run at a time.
+        tables, va = [], lo
+        while va < hi:
+            tables.append(self.page_table(va, True))
+            va = (va | 0x1F_FFFF) + 1
         frames = self.frames.alloc_many((hi - lo) >> 12)
         machine = self.machine
         executable = bits & PTE_P and not bits & PTE_NX
         done, va = 0, lo
-        while va < hi:
-            table = self.page_table(va, True)
+        for table in tables:
             next_va = min(hi, (va | 0x1F_FFFF) + 1)
             chunk = frames[done:done + ((next_va - va) >> 12)]
             machine.write_entries(table + 8 * ((va >> 12) & 511), [(f << 12) | bits for f in chunk])
@@ -208,7 +229,7 @@ class AddressSpace:
         for pdpt in present(root, KERNEL_PML4_SLOT):
             for pd in present(pdpt):
                 for pt in present(pd):
-                    self.frames.put_many([frame_pa >> 12 for frame_pa in present(pt)])
+                    self.frames.put_many(_leaf_frames(mem64, pt))
                     put(pt >> 12)
                 put(pd >> 12)
             put(pdpt >> 12)
@@ -449,6 +470,10 @@ class AddressSpace:
             self.brk = addr
             return addr
         if addr <= old:
+            if not any(v.start < oldbrk and v.end > newbrk for v in self.vmas):
+                # Linux's shrink looks for the VMA to cut in [newbrk, oldbrk): none there (the
+                # heap pages were munmap()ed) refuses the call, the old break stays.
+                return old
             self.carve(newbrk, oldbrk)
             self.unmap_ptes(newbrk, oldbrk)
             self.brk = addr

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import struct
 
-from ..specs.abi import (CLONE_SIGHAND, CLONE_THREAD, CLONE_VFORK, CLONE_VM, CLONE_FORKLIKE_FLAGS,
+from ..specs.abi import (PAGE_SIZE, CLONE_SIGHAND, CLONE_THREAD, CLONE_VFORK, CLONE_VM, CLONE_FORKLIKE_FLAGS,
                          WAIT4_VALID_OPTIONS, WNOHANG, Errno, wait_status_exited)
 from .frames import OutOfFrames
 from .machine import (PTE_COW, PTE_FRAME_MASK, PTE_NX, PTE_P, PTE_RW, R_RAX, R_RSP, R_RCX, R_R11, R_RIP,
                       R_RFLAGS)
-from .mm import AddressSpace
+from .mm import AddressSpace, is_run
 
 RUNNABLE = "runnable"
 BLOCKED_WAIT = "blocked-wait"
@@ -69,7 +69,6 @@ def copy_address_space(parent: AddressSpace, strategy: str) -> AddressSpace | in
     child.start_brk, child.brk = parent.start_brk, parent.brk
     machine = parent.machine
     mem, mem64, refcount = machine.mem, machine.mem64, frames.refcount
-    code_frames = machine.code_frames
     eager = strategy == "eager"
     for vma in parent.vmas:
         for table, va, end in list(parent.leaf_tables(vma.start, vma.end)):
@@ -77,22 +76,16 @@ def copy_address_space(parent: AddressSpace, strategy: str) -> AddressSpace | in
             entries = mem64[first:first + ((end - va) >> 12)].tolist()
             if not any(entries):
                 continue
-            copied = list(entries)
+            child_table = child.page_table(va, True)     # before the data frames: see map_fresh
             if vma.shared:
+                copied = entries
                 for entry in entries:
                     if entry & PTE_P:
                         refcount[(entry & PTE_FRAME_MASK) >> 12] += 1
             elif eager:
-                present = [i for i, entry in enumerate(entries) if entry & PTE_P]
-                new_frames = frames.alloc_many(len(present), zero=False)
-                for i, new in zip(present, new_frames):
-                    entry = entries[i]
-                    src = entry & PTE_FRAME_MASK
-                    mem[new << 12:(new + 1) << 12] = mem[src:src + 4096]
-                    copied[i] = (new << 12) | (entry & ~PTE_FRAME_MASK)
-                    if not entry & PTE_NX:
-                        code_frames.add(new)
+                copied = _copy_eager(frames, mem, entries)
             else:
+                copied = list(entries)
                 for i, entry in enumerate(entries):
                     if not entry & PTE_P:
                         continue
@@ -102,9 +95,45 @@ def copy_address_space(parent: AddressSpace, strategy: str) -> AddressSpace | in
                 if copied != entries:
                     machine.write_entries(first << 3, copied)          # the parent goes read-only too
                     parent.flush_owed.append(va)
-            child_table = child.page_table(va, True)
             machine.write_entries(child_table + 8 * ((va >> 12) & 511), copied)
     return child
+
+
+def _copy_eager(frames, mem, entries: list[int]) -> list[int]:
+    """The child's entries for one last-level table of a private VMA: every present page gets a
+    new frame holding a copy of its data (entries not present are copied as they are)."""
+    count = len(entries)
+    first = entries[0]
+    if first & PTE_P and not (first ^ entries[-1]) & ~PTE_FRAME_MASK and is_run(entries):
+        # The usual case: consecutive frames with equal flags. Copy and rebuild without
+        # touching entries one by one.
+        new_frames = frames.alloc_many(count, zero=False)
+        source, new = (first & PTE_FRAME_MASK) >> 12, new_frames[0]
+        if new_frames[-1] - new == count - 1:       # ascending and contiguous
+            mem[new << 12:(new + count) << 12] = mem[source << 12:(source + count) << 12]
+            if not first & PTE_NX:
+                frames.machine.code_frames.update(new_frames)
+            start = (first & ~PTE_FRAME_MASK) | (new << 12)
+            return list(range(start, start + (count << 12), PAGE_SIZE))
+        flags = first & ~PTE_FRAME_MASK
+        for i, frame in enumerate(new_frames):
+            mem[frame << 12:(frame + 1) << 12] = mem[(source + i) << 12:(source + i + 1) << 12]
+        if not first & PTE_NX:
+            frames.machine.code_frames.update(new_frames)
+        return [(frame << 12) | flags for frame in new_frames]
+    present = [i for i, entry in enumerate(entries) if entry & PTE_P]
+    if not present:
+        return list(entries)
+    new_frames = frames.alloc_many(len(present), zero=False)
+    copied = list(entries)
+    for i, new in zip(present, new_frames):
+        entry = entries[i]
+        src = entry & PTE_FRAME_MASK
+        mem[new << 12:(new + 1) << 12] = mem[src:src + PAGE_SIZE]
+        copied[i] = (new << 12) | (entry & ~PTE_FRAME_MASK)
+        if not entry & PTE_NX:
+            frames.machine.code_frames.add(new)
+    return copied
 
 
 class ProcessSyscalls:

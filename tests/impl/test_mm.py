@@ -167,6 +167,18 @@ def test_brk_keeps_one_free_page_before_the_next_mapping(space):
     assert space.set_brk(start + 3 * PAGE_SIZE + 1) == start + 3 * PAGE_SIZE
 
 
+def test_brk_shrink_over_a_munmapped_heap_page_is_refused(space):
+    # linux-facts.md: a munmap()ed heap page leaves a hole; brk's shrink finds no VMA to cut in
+    # [new break, old break) and keeps the old break (found by the zoo campaign).
+    start = space.brk
+    assert space.set_brk(start + PAGE_SIZE) == start + PAGE_SIZE
+    assert space.set_brk(start + PAGE_SIZE + 1) == start + PAGE_SIZE + 1
+    assert space.munmap(start + PAGE_SIZE, 0x200) == 0
+    assert space.set_brk(start + PAGE_SIZE) == start + PAGE_SIZE + 1
+    assert space.set_brk(start) == start                       # the lower heap page is still there
+    assert space.find_vma(start) is None
+
+
 def test_out_of_frames_is_enomem_with_nothing_changed():
     machine = Machine(4)
     frames = FrameTable(machine)
