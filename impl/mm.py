@@ -72,15 +72,23 @@ def pte_bits_for_prot(prot: int, plant: frozenset[str] = frozenset()) -> int:
 
 class Vma:
     """[start, end) with one protection; `kind`: image, heap, stack, tls or mmap; `growsdown`:
-    MAP_GROWSDOWN (a fault just below it extends it down)."""
-    __slots__ = ("start", "end", "prot", "shared", "kind", "growsdown")
+    MAP_GROWSDOWN (a fault just below it extends it down); `wipeonfork`: a fork child gets zero
+    pages here (Linux's VM_WIPEONFORK, which MAP_DROPPABLE implies)."""
+    __slots__ = ("start", "end", "prot", "shared", "kind", "growsdown", "wipeonfork")
 
-    def __init__(self, start: int, end: int, prot: int, shared: bool, kind: str, growsdown: bool = False):
+    def __init__(self, start: int, end: int, prot: int, shared: bool, kind: str, growsdown: bool = False,
+                 wipeonfork: bool = False):
         self.start, self.end, self.prot, self.shared, self.kind = start, end, prot, shared, kind
-        self.growsdown = growsdown
+        self.growsdown, self.wipeonfork = growsdown, wipeonfork
 
     def copy(self) -> "Vma":
-        return Vma(self.start, self.end, self.prot, self.shared, self.kind, self.growsdown)
+        return Vma(self.start, self.end, self.prot, self.shared, self.kind, self.growsdown, self.wipeonfork)
+
+    def with_range(self, start: int, end: int) -> "Vma":
+        """This VMA's attributes over [start, end): a piece of a split keeps every attribute."""
+        piece = self.copy()
+        piece.start, piece.end = start, end
+        return piece
 
     def start_gap(self) -> int:
         """vm_start_gap: placements keep stack_guard_gap free below a growsdown VMA."""
@@ -257,15 +265,15 @@ class AddressSpace:
                 kept.append(v)
                 continue
             if v.start < lo:
-                kept.append(Vma(v.start, lo, v.prot, v.shared, v.kind, v.growsdown))
+                kept.append(v.with_range(v.start, lo))
             if v.end > hi:
-                kept.append(Vma(hi, v.end, v.prot, v.shared, v.kind, v.growsdown))
+                kept.append(v.with_range(hi, v.end))
         self.vmas = kept
 
     def split_at(self, addr: int) -> None:
         v = self.find_vma(addr)
         if v is not None and v.start < addr:
-            tail = Vma(addr, v.end, v.prot, v.shared, v.kind, v.growsdown)
+            tail = v.with_range(addr, v.end)
             v.end = addr
             self.insert_vma(tail)
 
@@ -378,7 +386,8 @@ class AddressSpace:
             self.carve(start, end)                    # MAP_FIXED: implicit munmap
             self.unmap_ptes(start, end)
         self.map_fresh(start, end, pte_bits_for_prot(prot, self.plant))
-        self.insert_vma(Vma(start, end, prot, shared, "mmap", bool(flags & MAP_GROWSDOWN) and not shared))
+        self.insert_vma(Vma(start, end, prot, shared, "mmap", bool(flags & MAP_GROWSDOWN) and not shared,
+                            wipeonfork=map_type == MAP_DROPPABLE))
         return start
 
     def munmap(self, addr: int, length: int) -> int:

@@ -58,7 +58,8 @@ def copy_address_space(parent: AddressSpace, strategy: str) -> AddressSpace | in
     frames = parent.frames
     pages = sum((v.end - v.start) >> 12 for v in parent.vmas)
     tables = sum(parent.tables_needed(v.start, v.end) for v in parent.vmas) + 1
-    needed = tables + (pages if strategy == "eager" else 0)
+    wiped = sum((v.end - v.start) >> 12 for v in parent.vmas if v.wipeonfork)
+    needed = tables + (pages if strategy == "eager" else wiped)
     if frames.free_count < needed:
         return -Errno.ENOMEM
     try:
@@ -82,6 +83,8 @@ def copy_address_space(parent: AddressSpace, strategy: str) -> AddressSpace | in
                 for entry in entries:
                     if entry & PTE_P:
                         refcount[(entry & PTE_FRAME_MASK) >> 12] += 1
+            elif vma.wipeonfork:
+                copied = _zero_pages(frames, entries)
             elif eager:
                 copied = _copy_eager(frames, mem, entries)
             else:
@@ -97,6 +100,18 @@ def copy_address_space(parent: AddressSpace, strategy: str) -> AddressSpace | in
                     parent.flush_owed.append(va)
             machine.write_entries(child_table + 8 * ((va >> 12) & 511), copied)
     return child
+
+
+def _zero_pages(frames, entries: list[int]) -> list[int]:
+    """The child's entries for one last-level table of a wipe-on-fork VMA: every present page
+    gets a new zeroed frame with the parent's flags (the child reads zeros, as on Linux)."""
+    copied = list(entries)
+    present = [i for i, entry in enumerate(entries) if entry & PTE_P]
+    for i, new in zip(present, frames.alloc_many(len(present), zero=True)):
+        copied[i] = (new << 12) | (entries[i] & ~PTE_FRAME_MASK)
+        if not entries[i] & PTE_NX:
+            frames.machine.code_frames.add(new)
+    return copied
 
 
 def _copy_eager(frames, mem, entries: list[int]) -> list[int]:

@@ -39,6 +39,27 @@ r3 = fork
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+def test_droppable_mapping_is_wiped_in_the_fork_child(strategy):
+    """linux-facts.md fork row: MAP_DROPPABLE implies wipe-on-fork; the child reads zeros, the
+    parent keeps its data, and a split piece of the mapping keeps the attribute."""
+    trace, _ = run_text("""
+r1 = mmap(0, 0x3000, rw, droppable|anon)
+store(r1, 7)
+store(r1+0x2000, 8)
+mprotect(r1+0x1000, 0x1000, r)
+r2 = fork
+  child:  load(r1); load(r1+0x2000); exit(0)
+  parent:
+    r3 = wait4(r2)
+    load(r1)
+    load(r1+0x2000)
+""", strategy)
+    child = syscalls(trace, Nr.fork)[0].result
+    assert loaded(trace, child) == [0, 0]
+    assert loaded(trace, trace.events[0].pid) == [7, 8]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_raw_state_invariants_hold_after_every_event(strategy):
     seen = []
 
