@@ -889,7 +889,11 @@ def _event_text(event: Any) -> str:
         res = event.result
         return f"Syscall({name}) = {res:#x}" if res >= 0 else f"Syscall({name}) = -{_result_class(res & U64)}"
     if isinstance(event, SignalEvent):
-        return f"Signal({event.signo}, {event.si_code}, {event.si_addr:#x})"
+        try:
+            name = Signal(event.signo).name
+        except ValueError:
+            name = str(event.signo)
+        return f"Signal({name}, {_si_code_name(event.signo, event.si_code)}, {event.si_addr:#x})"
     if isinstance(event, Exit):
         return f"Exit(status {event.status:#06x})"
     if isinstance(event, Report):

@@ -59,7 +59,7 @@ def reproducer_for(result: CaseResult, config: Config, seed: int) -> corpus_mod.
         meta=meta,
         divergence=format_divergence(divergence),
         program_text=program_text(result.program),
-        disassembly=disassemble_build(result.build),
+        disassembly=disassemble_build(result.build, result.program),
         images=tuple(sorted(result.build.images.items())),
     )
 
