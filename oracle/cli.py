@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--check-invariants", action="store_true",
                       help="impl: evaluate the proved invariants on the kernel's state after every event")
 
-    replay = sub.add_parser("replay", help="rerun reproducers; exit 1 if any still diverges")
+    replay = sub.add_parser("replay", help="rerun reproducers (or program text files); exit 1 if any diverges")
     replay.add_argument("files", nargs="+", metavar="FILE")
     replay.add_argument("--backend", choices=("impl", "linux", "three-way"), default=None,
                         help="override the backend recorded in each reproducer")
@@ -236,12 +236,19 @@ def replay_file(path: Path, backend: str | None = None) -> tuple[str, Any]:
     from ._internal import corpus
     from ._internal.pipeline import Config, run_case
 
-    repro = corpus.load(path)
     from .encoding import loads
-    program = loads(repro.program_text)
-    plant = frozenset(p for p in repro.meta.get("plant", "-").split(",") if p and p != "-")
-    config = Config(backend=repro.meta.get("backend", "impl"),
-                    fork_strategy=repro.meta.get("fork-strategy", "eager"), plant=plant)
+    try:
+        head = path.read_text(encoding="utf-8").split("\n", 1)[0].strip()
+    except OSError as err:
+        raise InvalidArgument(f"cannot read {path}: {err.strerror}") from None
+    if head.startswith("# forkspec-program"):      # a bare program text: run it on the defaults
+        program, meta = loads(path.read_text(encoding="utf-8")), {}
+    else:
+        repro = corpus.load(path)
+        program, meta = loads(repro.program_text), repro.meta
+    plant = frozenset(p for p in meta.get("plant", "-").split(",") if p and p != "-")
+    config = Config(backend=meta.get("backend", "impl"), fork_strategy=meta.get("fork-strategy", "eager"),
+                    plant=plant)
     if backend is not None:
         config = dataclasses.replace(config, backend=backend, plant=plant if backend != "linux" else frozenset())
     result = run_case(program, config)
@@ -249,7 +256,10 @@ def replay_file(path: Path, backend: str | None = None) -> tuple[str, Any]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from ..impl import backend  # noqa: F401 — one-time imports (Unicorn, z3) are not part of a replay's time
+    from ._internal import codegen, pipeline  # noqa: F401
     from ._internal.campaign import format_divergence
+    from .check import check  # noqa: F401
 
     still = 0
     for name in args.files:
