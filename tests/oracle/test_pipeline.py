@@ -83,3 +83,16 @@ def test_backend_crash_is_a_divergence_with_its_own_signature(monkeypatch) -> No
     assert result.diverged
     sig = result.verdict.divergence.signature
     assert sig[0] == "crash" and sig[1] == "OverflowError" and "test_pipeline.py" in sig[2]
+
+
+def test_invariants_on_impl_state_catch_a_latent_bug_before_any_fork() -> None:
+    """DESIGN.md contract 6: elf-no-vmas shows at load time (present PTEs outside every VMA),
+    long before a fork child faults; the user-visible check alone sees nothing here."""
+    planted = Config(plant=frozenset({"elf-no-vmas"}))
+    assert run_case(PROGRAM, planted).verdict.status == "pass"          # no fork: nothing visible
+    result = run_case(PROGRAM, dataclasses.replace(planted, check_invariants=True))
+    assert result.diverged
+    div = result.verdict.divergence
+    assert div.signature[0] == "invariant" and "pte" in div.signature[1] and "vma" in div.signature[1]
+    assert "exec" in div.step                                             # the first event: the load
+    assert run_case(PROGRAM, Config(check_invariants=True)).verdict.status == "pass"
