@@ -22,15 +22,7 @@ from forkspec.oracle.encoding import dumps, loads
 from forkspec.oracle.strategies import programs
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+from machine import cpu_model  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 
 def generate(seconds: float) -> list:

@@ -35,13 +35,11 @@ REPEATS = 3                     # every throughput figure is the best of this ma
 QILING_PYTHON = "/work/qiling-venv/bin/python"
 
 
+from machine import cpu_model  # noqa: E402 (bench/ is on sys.path when run as a script)
+
+
 def machine_line() -> str:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    except OSError:
-        pass
+    model = cpu_model()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{platform.platform()}, {os.cpu_count()} CPUs, {model}, Python {platform.python_version()},"
             f" load average {load} (other work on the machine skews every figure)")

@@ -22,15 +22,7 @@ from forkspec.oracle.program import Image, Program, Ref, Step
 from forkspec.specs.trace import Budget
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+from machine import cpu_model  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 
 def handbuilt() -> Program:

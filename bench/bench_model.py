@@ -25,15 +25,7 @@ from forkspec.specs.trace import Layout
 PID = 2
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
+from machine import cpu_model  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 
 def initial():

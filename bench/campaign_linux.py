@@ -32,15 +32,7 @@ from forkspec.oracle.strategies import malformed_programs, programs
 from forkspec.specs.profiles import LINUX
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+from machine import cpu_model  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 
 def save_reproducer(corpus_dir: Path, program, build, trace, divergence, args) -> Path:
