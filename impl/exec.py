@@ -18,7 +18,7 @@ from elftools.elf.elffile import ELFFile
 from ..specs.abi import PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, TASK_SIZE, Errno
 from ..specs.profiles import LEVITATE_STACK_PAGES, LEVITATE_STACK_TOP
 from ..specs.trace import Layout
-from .mm import DAC_MMAP_MIN_ADDR, AddressSpace, Vma, page_align, page_down
+from .mm import DAC_MMAP_MIN_ADDR, AddressSpace, Vma, page_align, page_down, pte_bits_for_prot
 from .machine import PTE_FILE_HOLE, PTE_NX, PTE_P, PTE_RW, PTE_US
 
 ET_EXEC, ET_DYN = 2, 3
@@ -140,17 +140,6 @@ def _segment_prot(flags: int) -> int:
     return (PROT_READ if flags & PF_R else 0) | (PROT_WRITE if flags & PF_W else 0) | (PROT_EXEC if flags & PF_X else 0)
 
 
-def _segment_pte_bits(flags: int) -> int:
-    bits = PTE_P
-    if flags & (PF_R | PF_W | PF_X):
-        bits |= PTE_US
-    if flags & PF_W:
-        bits |= PTE_RW
-    if not flags & PF_X:
-        bits |= PTE_NX
-    return bits
-
-
 class KillAfterPonr(Exception):
     """Internal: the new image cannot be set up; the process dies with SIGSEGV (SI_KERNEL)."""
 
@@ -202,8 +191,7 @@ def _map_anon(space: AddressSpace, lo: int, hi: int, prot: int, kind: str) -> No
         raise KillAfterPonr
     space.carve(lo, hi)
     space.unmap_ptes(lo, hi)
-    space.map_fresh(lo, hi, _segment_pte_bits((PF_R if prot & PROT_READ else 0) | (PF_W if prot & PROT_WRITE else 0)
-                                              | (PF_X if prot & PROT_EXEC else 0)))
+    space.map_fresh(lo, hi, pte_bits_for_prot(prot))
     space.insert_vma(Vma(lo, hi, prot, False, kind))
 
 
@@ -222,7 +210,7 @@ def _map_segment(space: AddressSpace, seg: LoadSegment, bias: int, data: bytes, 
         raise KillAfterPonr                          # EPERM from mmap_min_addr
     if not space.enough_frames(lo, hi):
         raise KillAfterPonr
-    bits = _segment_pte_bits(seg.flags)
+    bits = pte_bits_for_prot(_segment_prot(seg.flags))     # the loader's own mapping: never planted
     frames, machine = space.frames, space.machine
     file_page = page_down(seg.offset)
     zero_start = vaddr + seg.filesz
