@@ -31,7 +31,7 @@ from ..model import system as model_system
 from ..model.predicates import can_exec, is_masked, rights_of
 from ..model.state import ATTR_MAPPED, ATTR_SHARED, ATTR_SIGBUS, Blocks, Fault, Killed, Kind, OutOfScope, Run, State
 from ..specs.abi import (PAGE_SHIFT, PAGE_SIZE, PROT_EXEC, TASK_SIZE, U64, Errno, Nr, ReportKind, SiCode, Signal, as_signed,
-                         is_errno, wait_status_signaled)
+                         is_errno, si_code_name, signal_name, wait_status_signaled)
 from ..specs.profiles import Profile
 from ..specs.trace import (Exec, Exit, Inconclusive, Observation, Output, Report, Syscall, Trace, View,
                            page_digest, rights_str)
@@ -196,7 +196,7 @@ class _SyscallText:
 
 def _result_class(value: Any) -> str:
     if isinstance(value, Fault):
-        return f"{Signal(value.signo).name}:{_si_code_name(value.signo, value.si_code)}"
+        return f"{Signal(value.signo).name}:{si_code_name(value.signo, value.si_code)}"
     if isinstance(value, Killed):
         return "killed"
     if isinstance(value, Blocks):
@@ -211,21 +211,13 @@ def _result_class(value: Any) -> str:
     return type(value).__name__
 
 
-def _si_code_name(signo: int, code: int) -> str:
-    if code == SiCode.SI_KERNEL:
-        return "SI_KERNEL"
-    if signo == Signal.SIGBUS:
-        return "BUS_ADRERR" if code == SiCode.BUS_ADRERR else str(code)
-    return {1: "SEGV_MAPERR", 2: "SEGV_ACCERR"}.get(code, str(code))
-
-
 def _value_text(value: Any) -> str:
     if isinstance(value, int):
         if is_errno(value):
             return f"-{_result_class(value)}"
         return f"{value:#x}"
     if isinstance(value, Fault):
-        return f"{Signal(value.signo).name} {_si_code_name(value.signo, value.si_code)} at {value.si_addr:#x}"
+        return f"{Signal(value.signo).name} {si_code_name(value.signo, value.si_code)} at {value.si_addr:#x}"
     return str(value)
 
 
@@ -456,8 +448,8 @@ class _Checker:
         return event
 
     def _die(self, pid: int, fault: Fault, where: str) -> Generator:
-        self.coverage.add(f"fault.{Signal(fault.signo).name}.{_si_code_name(fault.signo, fault.si_code)}")
-        want = f"Signal({Signal(fault.signo).name}, {_si_code_name(fault.signo, fault.si_code)}, {fault.si_addr:#x}) at {where}"
+        self.coverage.add(f"fault.{Signal(fault.signo).name}.{si_code_name(fault.signo, fault.si_code)}")
+        want = f"Signal({Signal(fault.signo).name}, {si_code_name(fault.signo, fault.si_code)}, {fault.si_addr:#x}) at {where}"
         ev = yield from self._event(pid, want)
         if not isinstance(ev, SignalEvent) or (ev.signo, ev.si_code, ev.si_addr) != (fault.signo, fault.si_code, fault.si_addr):
             raise _Diverge(want, _event_text(ev), step=self.current_step.get(pid, where), pid=pid)
@@ -889,11 +881,7 @@ def _event_text(event: Any) -> str:
         res = event.result
         return f"Syscall({name}) = {res:#x}" if res >= 0 else f"Syscall({name}) = -{_result_class(res & U64)}"
     if isinstance(event, SignalEvent):
-        try:
-            name = Signal(event.signo).name
-        except ValueError:
-            name = str(event.signo)
-        return f"Signal({name}, {_si_code_name(event.signo, event.si_code)}, {event.si_addr:#x})"
+        return f"Signal({signal_name(event.signo)}, {si_code_name(event.signo, event.si_code)}, {event.si_addr:#x})"
     if isinstance(event, Exit):
         return f"Exit(status {event.status:#06x})"
     if isinstance(event, Report):

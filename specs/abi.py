@@ -142,6 +142,24 @@ class SiCode(enum.IntEnum):
     BUS_ADRERR = 2
 
 
+def signal_name(signo: int) -> str:
+    """'SIGSEGV' for 11; the number itself for a signal this module does not name."""
+    try:
+        return Signal(signo).name
+    except ValueError:
+        return str(signo)
+
+
+def si_code_name(signo: int, code: int) -> str:
+    """A siginfo si_code's name; its meaning depends on the signal (2 is SEGV_ACCERR for
+    SIGSEGV but BUS_ADRERR for SIGBUS)."""
+    if code == SiCode.SI_KERNEL:
+        return "SI_KERNEL"
+    if signo == Signal.SIGBUS:
+        return "BUS_ADRERR" if code == SiCode.BUS_ADRERR else str(code)
+    return {int(SiCode.SEGV_MAPERR): "SEGV_MAPERR", int(SiCode.SEGV_ACCERR): "SEGV_ACCERR"}.get(code, str(code))
+
+
 def wait_status_exited(code: int) -> int:
     """The wait status of a process that called exit(code): (code & 0xff) << 8."""
     return (code & 0xFF) << 8

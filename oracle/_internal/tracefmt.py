@@ -93,12 +93,8 @@ def format_event(event: Event) -> str:
     if isinstance(event, Output):
         return f"[{event.pid}] output fd {event.fd}: {event.data!r}"
     if isinstance(event, Signal):
-        try:
-            name = abi.Signal(event.signo).name
-        except ValueError:
-            name = str(event.signo)
-        code = {1: "SEGV_MAPERR", 2: "SEGV_ACCERR", 0x80: "SI_KERNEL"}.get(event.si_code, str(event.si_code))
-        return f"[{event.pid}] --- {name} {{si_code={code}, si_addr={event.si_addr:#x}}} ---"
+        return (f"[{event.pid}] --- {abi.signal_name(event.signo)} {{si_code="
+                f"{abi.si_code_name(event.signo, event.si_code)}, si_addr={event.si_addr:#x}}} ---")
     if isinstance(event, Exit):
         status = event.status
         how = f"killed by signal {status & 0x7F}" if status & 0x7F else f"exited with {(status >> 8) & 0xFF}"
