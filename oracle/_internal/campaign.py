@@ -34,17 +34,13 @@ class Stats:
     cases: int = 0
     divergences: int = 0
     inconclusive: int = 0
-    errors: int = 0
     coverage: set[str] = field(default_factory=set)
-    found: list[dict[str, Any]] = field(default_factory=list)
 
     def merge(self, other: dict[str, Any]) -> None:
         self.cases += other["cases"]
         self.divergences += other["divergences"]
         self.inconclusive += other["inconclusive"]
-        self.errors += other["errors"]
         self.coverage |= set(other["coverage"])
-        self.found += other["found"]
 
 
 def reproducer_for(result: CaseResult, config: Config, seed: int) -> corpus_mod.Reproducer:
@@ -131,10 +127,7 @@ def search(config: Config, seed: int, deadline: float, corpus: Path | None,
             result = first[0]
         elif minimize_tries:
             result = _minimize_result(result, config, minimize_tries)
-        for candidate in {id(r): r for r in (first[0], result)}.values():
-            key = corpus_mod.signature_key(candidate.verdict.divergence.signature)
-            if key not in known:
-                known.add(key)
+        known.update(corpus_mod.signature_key(r.verdict.divergence.signature) for r in (first[0], result))
         if corpus is not None:
             corpus_mod.save(corpus, reproducer_for(result, config, seed))
         found.append(result)
@@ -169,12 +162,12 @@ def _worker(index: int, config: Config, seed: int, deadline_in: float, max_examp
             corpus: str | None, messages: Any) -> None:
     deadline = time.monotonic() + deadline_in
     known = {p.stem for p in corpus_mod.list_corpus(Path(corpus))} if corpus else set()
-    stats = {"cases": 0, "divergences": 0, "inconclusive": 0, "errors": 0, "coverage": set(), "found": []}
+    stats = {"cases": 0, "divergences": 0, "inconclusive": 0, "coverage": set()}
     last = [time.monotonic()]
 
     def flush() -> None:
         messages.put(("stats", index, {**stats, "coverage": sorted(stats["coverage"])}))
-        stats.update(cases=0, divergences=0, inconclusive=0, errors=0, coverage=set(), found=[])
+        stats.update(cases=0, divergences=0, inconclusive=0, coverage=set())
         last[0] = time.monotonic()
 
     def on_case(result: CaseResult) -> None:
@@ -189,10 +182,9 @@ def _worker(index: int, config: Config, seed: int, deadline_in: float, max_examp
             flush()
 
     try:
-        for result in search(config, seed, deadline, Path(corpus) if corpus else None, known,
-                             on_case=on_case, max_examples=max_examples):
-            stats["found"].append({"signature": " | ".join(result.verdict.divergence.signature),
-                                   "steps": result.program.step_count()})
+        # Reproducers go straight to the corpus; the parent lists the new files at the end.
+        search(config, seed, deadline, Path(corpus) if corpus else None, known,
+               on_case=on_case, max_examples=max_examples)
         flush()
     except KeyboardInterrupt:
         flush()

@@ -108,7 +108,6 @@ def run_case(program: Program, config: Config) -> CaseResult:
 
 
 def _labelled(result: CaseResult, backend: str) -> CaseResult:
-    from ..check import Verdict
     div = result.verdict.divergence
     div = dataclasses.replace(div, signature=(f"{backend}: {div.signature[0]}",) + tuple(div.signature[1:]))
     return dataclasses.replace(result, verdict=dataclasses.replace(result.verdict, divergence=div))
@@ -181,7 +180,3 @@ def _crash_verdict(err: Exception) -> Any:
                    divergence=Divergence(event_index=-1, process="kernel", step="(backend run)",
                                          expected="the kernel keeps running", observed=f"{type(err).__name__}: {err}",
                                          detail=text, signature=("crash", type(err).__name__, where)))
-
-
-def with_budget(config: Config, **changes: Any) -> Config:
-    return dataclasses.replace(config, budget=dataclasses.replace(config.budget, **changes))
