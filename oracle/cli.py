@@ -238,13 +238,13 @@ def replay_file(path: Path, backend: str | None = None) -> tuple[str, Any]:
 
     from .encoding import loads
     try:
-        head = path.read_text(encoding="utf-8").split("\n", 1)[0].strip()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise InvalidArgument(f"cannot read {path}: {err.strerror}") from None
-    if head.startswith("# forkspec-program"):      # a bare program text: run it on the defaults
-        program, meta = loads(path.read_text(encoding="utf-8")), {}
+    if text.startswith("# forkspec-program"):      # a bare program text: run it on the defaults
+        program, meta = loads(text), {}
     else:
-        repro = corpus.load(path)
+        repro = corpus.loads(text, origin=str(path))
         program, meta = loads(repro.program_text), repro.meta
     plant = frozenset(p for p in meta.get("plant", "-").split(",") if p and p != "-")
     config = Config(backend=meta.get("backend", "impl"), fork_strategy=meta.get("fork-strategy", "eager"),
