@@ -8,6 +8,7 @@ import pytest
 
 from forkspec.model import design as d
 from forkspec.model import refinement as r
+from forkspec.model.refinement import mm as rmm
 from forkspec.specs.prove import FAILED, PROVED, prove_one
 
 BY_NAME = {o.name: o for o in r.obligations()}
@@ -134,14 +135,14 @@ def test_concrete_access_matches_the_generic_core(prots, shared, page, value):
     s = _state(prots, shared)
     va = (BASE + page) << 12
     stored = memory.store(s, r.PID, va, value)
-    fault = r._access_outcome(s, r.PID, va, memory.WRITE)
+    fault = rmm._access_outcome(s, r.PID, va, memory.WRITE)
     if isinstance(stored.outcome, Fault):
         assert stored.outcome.si_code == fault and stored.state is s
         return
     assert fault == 0
     assert memory.load_page(stored.state, r.PID, va, 8) == r.word1(memory.store_page(s, r.PID, va, 8, value), r.PID, va)
     loaded = memory.load(stored.state, r.PID, va)
-    read_fault = r._access_outcome(stored.state, r.PID, va, memory.READ)
+    read_fault = rmm._access_outcome(stored.state, r.PID, va, memory.READ)
     if isinstance(loaded.outcome, Fault):
         assert loaded.outcome.si_code == read_fault != 0
     else:

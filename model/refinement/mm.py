@@ -1,0 +1,111 @@
+"""Refinement of the memory transitions: munmap, mprotect, brk, load, store (one process)."""
+from __future__ import annotations
+
+from typing import Any
+
+import z3
+
+from ...specs.abi import TASK_SIZE, SiCode
+from .. import design as d
+from .. import mm as mm1
+from ..logic import bor, eq, first_true, ite, not_
+from .relation import PID, _states, contents_at, contents_related, related, word1
+
+
+def _step(name: str):
+    s2, s1, ctx = _states()
+    addr, length, prot = (z3.BitVec(f"refine.{n}", 64) for n in ("addr", "length", "prot"))
+    if name == "brk":
+        allowed2, out2, new2 = d.brk(s2, d.BrkArgs(PID, addr), d.Choice())
+        r1 = mm1.brk(s1, mm1.BrkArgs(PID, addr), mm1.ResourceChoice())
+    elif name == "munmap":
+        allowed2, out2, new2 = d.munmap(s2, d.RangeArgs(PID, addr, length), d.Choice())
+        r1 = mm1.munmap(s1, mm1.MunmapArgs(PID, addr, length))
+    else:
+        allowed2, out2, new2 = d.mprotect(s2, d.RangeArgs(PID, addr, length, prot), d.Choice())
+        r1 = mm1.mprotect(s1, mm1.MprotectArgs(PID, addr, length, prot), mm1.ResourceChoice())
+    return s2, s1, ctx, allowed2, out2, new2, r1, (addr, length, prot)
+
+
+def _access_outcome(s1: Any, pid: int, va: Any, want: str) -> Any:
+    """Level 1's fault rule for an access inside one page (memory.access_outcome's clauses, from
+    the same level-1 predicates): 0, SEGV_MAPERR or SEGV_ACCERR. memory.access_outcome itself
+    compares a Z3 boolean with False (`eq(is_mapped(attr), False)`), which raises on Z3 terms: a
+    level-1 hook to fix (reported), restated here until then."""
+    from ..memory import READ
+    from ..predicates import can_read, can_write, is_mapped
+    attr = s1.space_of(pid).pages.get(d.vpn_of(va))
+    allowed = can_read(attr) if want == READ else can_write(attr)
+    return first_true([(not_(is_mapped(attr)), int(SiCode.SEGV_MAPERR)),
+                       (not_(allowed), int(SiCode.SEGV_ACCERR))], 0)
+
+
+def _access_step(name: str):
+    from ..memory import READ, WRITE, store_page
+    s2, s1, ctx = _states()
+    va, value, frame = (z3.BitVec(f"refine.{n}", 64) for n in ("va", "value", "frame"))
+    args = d.AccessArgs(PID, va, value)
+    fn = d.load if name == "load" else d.store
+    allowed2, out2, new2 = fn(s2, args, d.Choice(frame=frame))
+    fault1 = _access_outcome(s1, PID, va, READ if name == "load" else WRITE)
+    ok1 = eq(fault1, 0)
+    # Level 1's outcome in level 2's encoding: the value (load) / ACCESS_OK (store), or SIGSEGV's si_code.
+    value1 = word1(s1, PID, va) if name == "load" else d.ACCESS_OK
+    out1 = ite(ok1, value1, bor(1 << 32, fault1))
+    new1 = s1 if name == "load" else ite(ok1, store_page(s1, PID, va, 8, value), s1)
+    pre = z3.And(d._as_bool(d.is_page_aligned(va)), z3.ULT(va, TASK_SIZE))
+    return s2, s1, ctx, allowed2, out2, new2, out1, new1, pre, (va, value, frame)
+
+
+def access_obligation(name: str, page: str = ""):
+    """`page` splits the contents clause after the step: at the accessed page ("same-page") or at
+    any other page ("other-page"); the two cases cover every address."""
+    from ...specs.obligations import Ctx, Obligation, invariants_hold
+
+    def build() -> tuple:
+        s2, s1, ctx, allowed2, out2, new2, out1, new1, pre, (va, value, frame) = _access_step(name)
+        _, after2 = d.find_proc(new2, PID)
+        hyps = invariants_hold(s2) + [related(s2.procs[0], s1.space_of(PID)), contents_related(s2, s2.procs[0], s1),
+                                      d._as_bool(allowed2), pre] + list(ctx.facts)
+        # The contents clause after the step is proved at an arbitrary address `at` (a free
+        # constant: proving it for every value of `at` is the ForAll), with R's clause before the step
+        # instantiated at `at` and at the accessed address: the byte-array reasoning then stays ground.
+        at = z3.BitVec("refine.at", 64)
+        hyps += [contents_at(s2, s2.procs[0], s1, PID, at), contents_at(s2, s2.procs[0], s1, PID, va)]
+        if page:
+            # at == va or not: both page-aligned (else the clause holds trivially), so "not" is "another page".
+            same = at == va
+            hyps.append(same if page == "same-page" else z3.Not(same))
+        goal = z3.And(d._as_bool(eq(out1, out2)), related(after2, new1.space_of(PID)),
+                      contents_at(new2, after2, new1, PID, at))
+        return hyps, goal, Ctx({"before": s2, "after": new2},
+                               {"va": va, "value": value, "frame": frame, "outcome (level 2)": out2,
+                                "outcome (level 1)": out1})
+    # With R's contents clause instantiated by hand and the two pages cases apart, pattern
+    # instantiation finishes each in about 2 s; one query with MBQI took 4-20 s or answered unknown
+    # (measured over seeds 0-5).
+    return Obligation(f"{name}-refines-level1" + (f"[{page}]" if page else ""), "refine", build, tactic="ematching")
+
+
+def obligation_for(name: str):
+    from ...specs.obligations import Ctx, Obligation, invariants_hold
+
+    def build() -> tuple:
+        s2, s1, ctx, allowed2, out2, new2, r1, (addr, length, prot) = _step(name)
+        _, after2 = d.find_proc(new2, PID)
+        hyps = invariants_hold(s2) + [related(s2.procs[0], s1.space_of(PID)), d._as_bool(allowed2),
+                                      d._as_bool(r1.allowed)] + list(ctx.facts)
+        # Level 1 must not refuse its resource choice here: no resource failure is chosen.
+        goal = z3.And(d._as_bool(eq(r1.outcome, out2)), related(after2, r1.state.space_of(PID)))
+        return hyps, goal, Ctx({"before": s2, "after": new2},
+                               {"addr": addr, "length": length, "prot": prot, "outcome (level 2)": out2,
+                                "outcome (level 1)": r1.outcome})
+    # brk's two hidden-choice quantifiers (level 1's next mapped page, level 2's witness) send MBQI
+    # astray; pattern instantiation alone proves it (measured over seeds 0-9).
+    return Obligation(f"{name}-refines-level1", "refine", build, tactic="ematching" if name == "brk" else "smt")
+
+
+def obligations() -> list:
+    obs = [obligation_for(name) for name in ("munmap", "mprotect", "brk")]
+    return obs + [access_obligation("load"), access_obligation("store", "same-page"),
+                  access_obligation("store", "other-page")]
