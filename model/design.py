@@ -29,8 +29,8 @@ Representation choices, and why:
   trick by an inverse-function pair per process, with no cardinality and no quantifier over
   owners.
 - Contents are abstracted to one word per frame (`data`); a mapped page reads its frame's word,
-  an unmapped page reads 0. File contents of an image are not modelled (execve maps its segments
-  demand-zero).
+  an unmapped page reads 0. An image's file contents are one word per page too (ExecveArgs.words):
+  execve populates the pages whose word is not 0 with fresh frames, the rest stay demand-zero.
 - vfork lends the parent's address space to the child (the parent is blocked meanwhile, so
   moving the mm and moving it back is observationally CLONE_VM): the child's exit or execve
   hands it back.
@@ -49,8 +49,10 @@ from typing import Any, Callable, Iterable
 import z3
 
 from ..specs.abi import (
+    MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
+    MAP_HUGETLB,
     MAP_PRIVATE,
     MAP_SHARED,
     MAP_TYPE,
@@ -73,6 +75,7 @@ from .logic import (
     band,
     bor,
     eq,
+    first_true,
     implies,
     is_sym,
     ite,
@@ -610,35 +613,54 @@ class MmapArgs:
     length: Any
     prot: Any
     flags: Any
+    offset: Any = 0     # the file offset: must be page-aligned even for an anonymous mapping
 
 
 def mmap(s: KState, a: MmapArgs, c: Choice) -> tuple[Any, Any, KState]:
-    """Anonymous mmap. Argument checks are level 1's (linux-facts "mmap"); level 2 keeps those that
-    protect its invariants. MAP_FIXED replaces what was there (implicit munmap)."""
+    """Anonymous mmap, with Linux's checks in Linux's order (x86 sys_mmap, do_mmap,
+    __get_unmapped_area; linux-facts "mmap", uid != 0), as level 1 states them: the refinement
+    obligations (model/refinement/mmap.py) prove the two agree. There are no files (without
+    MAP_ANONYMOUS fget(fd) fails: EBADF) and no reserved huge pages (MAP_HUGETLB: ENOMEM).
+    Not modelled: MAP_GROWSDOWN (level 2 has no growsdown VMAs), MAP_DROPPABLE (refused as a bad
+    map type, where Linux accepts it) and resource failures; the refinement's scope excludes them.
+    Without MAP_FIXED the kernel's placement is the choice c.addr: a free page-aligned user range,
+    or an address past TASK_SIZE - len when no gap fits (ENOMEM). MAP_FIXED replaces what was
+    there (implicit munmap)."""
     ok_caller, caller = _running(s, a.pid)
     length = page_align_up(a.length)
     mtype = band(a.flags, MAP_TYPE)
-    fixed = ne(band(a.flags, MAP_FIXED | MAP_FIXED_NOREPLACE), 0)
+    fixed = ne(band(a.flags, MAP_FIXED | MAP_FIXED_NOREPLACE), 0)     # do_mmap: NOREPLACE implies FIXED
     noreplace = ne(band(a.flags, MAP_FIXED_NOREPLACE), 0)
     shared = eq(mtype, MAP_SHARED)
     addr = ite(fixed, a.addr, c.addr)
     end = add(addr, length)
-    einval = any_of(eq(a.length, 0),                                    # EINVAL: length 0
-                    all_of(ne(mtype, MAP_SHARED), ne(mtype, MAP_PRIVATE)),  # EINVAL: bad map type
-                    all_of(fixed, not_(is_page_aligned(a.addr))))       # EINVAL: unaligned MAP_FIXED
-    enomem = any_of(eq(length, 0), not_(user_range_ok(addr, length)))   # ENOMEM: wraps / past TASK_SIZE
     hit, hit_ok = vma_intersects(caller.vmas, addr, end)
-    eexist = all_of(noreplace, hit)                                    # EEXIST: NOREPLACE hit
-    err = ite(einval, neg_errno(Errno.EINVAL),
-              ite(enomem, neg_errno(Errno.ENOMEM), ite(eexist, neg_errno(Errno.EEXIST), 0)))
-    ok = all_of(not_(einval), not_(enomem), not_(eexist))
+    einval, enomem = neg_errno(Errno.EINVAL), neg_errno(Errno.ENOMEM)
+    early = [(ne(band(a.offset, PAGE_SIZE - 1), 0), einval),             # EINVAL: x86 sys_mmap checks off first
+             (eq(band(a.flags, MAP_ANONYMOUS), 0), neg_errno(Errno.EBADF)),  # EBADF: no files, fget(fd) fails
+             (eq(a.length, 0), einval),                                  # EINVAL: do_mmap "if (!len)"
+             (ne(band(a.flags, MAP_HUGETLB), 0), enomem),                # ENOMEM: no huge pages reserved
+             (eq(length, 0), enomem),                                    # ENOMEM: PAGE_ALIGN(len) wrapped to 0
+             (ugt(length, TASK_SIZE), enomem)]                           # ENOMEM: len > TASK_SIZE
+    # MAP_FIXED with an address in the errno range: IS_ERR_VALUE takes it for an error and
+    # do_mmap returns it as it is (Linux 6.18), with nothing mapped.
+    err_value = all_of(fixed, uge(a.addr, 0xFFFF_FFFF_FFFF_F001))     # addr >= -4095
+    late = [(ugt(addr, sub(TASK_SIZE, length)), enomem),                 # ENOMEM: addr > TASK_SIZE - len
+            (not_(is_page_aligned(addr)), einval),                       # EINVAL: offset_in_page(addr)
+            (ult(addr, MIN_USER_ADDR), neg_errno(Errno.EPERM)),          # EPERM: below vm.mmap_min_addr
+            (all_of(noreplace, hit), neg_errno(Errno.EEXIST)),           # EEXIST: NOREPLACE hit
+            (all_of(not_(shared), ne(mtype, MAP_PRIVATE)), einval)]      # EINVAL: bad map type
+    placing = all_of(not_(fixed), *[not_(cond) for cond, _ in early])
+    ok = all_of(*[not_(cond) for cond, _ in early + [(err_value, 0)] + late])
+    out = first_true(early + [(err_value, a.addr)] + late, addr)
     lo, hi = vpn_of(addr), vpn_of(end)
 
     def in_range(k: Any) -> Any:
         return all_of(ule(lo, k), ult(k, hi))
     frames = drop_frames(s, caller, in_range)
     # The kernel picks a free gap (non-FIXED) and, for MAP_SHARED, a fresh frame per page.
-    placed_ok = any_of(fixed, all_of(is_page_aligned(c.addr), not_(hit)))
+    placed_ok = all_of(is_page_aligned(c.addr),
+                       any_of(ugt(c.addr, sub(TASK_SIZE, length)), all_of(uge(c.addr, MIN_USER_ADDR), not_(hit))))
     alloc_ok = not_(shared)
     if c.alloc is not None:
         alloc_ok = any_of(not_(shared), _alloc_ok(s, c.alloc, in_range))
@@ -657,8 +679,8 @@ def mmap(s: KState, a: MmapArgs, c: Choice) -> tuple[Any, Any, KState]:
                                touched=lambda: [f for f, _ in inv.items()] if shared else ())
         return dataclasses.replace(p, vmas=vmas, pt=pt, rmap=rmap)
     new = dataclasses.replace(s, procs=_replace_caller(s, a.pid, update), frames=frames)
-    allowed = all_of(ok_caller, hit_ok, implies(ok, all_of(placed_ok, alloc_ok)))
-    return allowed, ite(ok, addr, err), sel(ok, new, s)
+    allowed = all_of(ok_caller, hit_ok, implies(placing, placed_ok), implies(ok, alloc_ok))
+    return allowed, out, sel(ok, new, s)
 
 
 def _alloc_ok(s: KState, alloc: Alloc, needs: Callable[[Any], Any]) -> Any:
@@ -839,7 +861,9 @@ def fork(s: KState, a: ForkArgs, c: Choice) -> tuple[Any, Any, KState]:
 
 def _release_mm(s: KState, pid: Any, fresh: Callable[[Proc], Proc]) -> KState:
     """The caller's address space goes away: handed back to its vfork parent (which unblocks), or
-    freed (every frame it mapped loses one reference). `fresh(caller)` is the caller afterwards."""
+    freed (every frame it mapped loses one reference). `fresh(caller)` is the caller afterwards.
+    The break goes back with the VMAs: it belongs to the mm, so a brk by the vfork child is the
+    parent's too (Linux: mm->brk; level 1: one shared address space)."""
     _, caller = find_proc(s, pid)
     lender = caller.vfork_parent
     lends = ne(lender, 0)
@@ -848,7 +872,8 @@ def _release_mm(s: KState, pid: Any, fresh: Callable[[Proc], Proc]) -> KState:
     def update(p: Proc) -> Proc:
         is_caller = all_of(is_live(p), eq(p.pid, pid))
         is_lender = all_of(lends, eq(p.state, BLOCKED), eq(p.pid, lender))
-        back = dataclasses.replace(p, state=RUNNING, vmas=caller.vmas, pt=caller.pt, rmap=caller.rmap)
+        back = dataclasses.replace(p, state=RUNNING, vmas=caller.vmas, pt=caller.pt, rmap=caller.rmap,
+                                   brk_start=caller.brk_start, brk=caller.brk)
         return sel(is_caller, fresh(caller), sel(is_lender, back, p))
     return dataclasses.replace(s, procs=tuple(update(p) for p in s.procs), frames=sel(lends, s.frames, frames))
 
@@ -875,12 +900,18 @@ class ExecveArgs:
     pid: Any
     segments: tuple         # of Vma: the image's segments and the profile's kernel regions
     brk: Any                # the initial break (page-aligned)
+    # The image's file contents at level 2's abstraction: vpn -> (word,), the first word of each
+    # page as the loader leaves it (file bytes, a zeroed bss tail). None: every page demand-zero.
+    words: SparseMap | None = None
 
 
 def execve(s: KState, a: ExecveArgs, c: Choice) -> tuple[Any, Any, KState]:
     """execve past the point of no return: nothing of the old address space survives; the new one
-    holds exactly the given segments (demand-zero: file contents are not modelled at level 2).
-    Level 1 decides errors and layout; `allowed` asks the layout to be a valid VMA list."""
+    holds exactly the given segments. A page of a segment whose image word is non-zero is
+    populated at exec time with a fresh frame (Choice.alloc) holding that word, private, with the
+    segment's rights (a kernel that reads the image at exec; an all-zero word stays demand-zero,
+    which reads the same). Level 1 decides errors and layout; `allowed` asks the layout to be a
+    valid VMA list and the frames to be a bijection onto free frames."""
     ok_caller, _ = _running(s, a.pid)
     segs = tuple(Vma(True, v.start, v.end, band(v.prot, PROT_RWX), False) for v in a.segments)
     valid = all_of(*[all_of(is_page_aligned(v.start), is_page_aligned(v.end), ult(v.start, v.end),
@@ -888,10 +919,37 @@ def execve(s: KState, a: ExecveArgs, c: Choice) -> tuple[Any, Any, KState]:
                    *[any_of(ule(x.end, y.start), ule(y.end, x.start))
                      for i, x in enumerate(segs) for y in segs[i + 1:]],
                    is_page_aligned(a.brk), uge(a.brk, MIN_USER_ADDR), ult(a.brk, TASK_SIZE))
+    pt, rmap, alloc_ok = empty_pt(), empty_rmap(), True
+    words = a.words
+    if words is not None:
+        if c.alloc is None:
+            raise ValueError("execve with image words needs Choice.alloc (a fresh frame per populated page)")
+        fwd, inv = c.alloc.fwd, c.alloc.inv
+
+        def filled(k: Any) -> Any:
+            return all_of(list_find(segs, k)[0], ne(words.get(k)[0], 0))
+        alloc_ok = _alloc_ok(s, c.alloc, filled)
+        if not fwd.symbolic and not words.symbolic:
+            # The concrete _alloc_ok checks fwd's own pages; here fwd must cover exactly the filled ones.
+            alloc_ok = alloc_ok and {k for k, _ in fwd.items()} == {k for k, _ in words.items() if filled(k)}
+        if words.symbolic or fwd.symbolic or inv.symbolic:
+            # A concrete map's update lists the touched keys, which symbolic maps cannot.
+            pt = SparseMap(PTE_DEFAULT, fn=lambda k: PTE_DEFAULT)
+            rmap = SparseMap(RMAP_DEFAULT, fn=lambda f: RMAP_DEFAULT)
+        flags = lambda k: pte_flags_for(list_find(segs, k)[1], True)  # noqa: E731 -- private, writable if PROT_WRITE
+        pt = pt.update(lambda k, pte: sel(filled(k), (fwd.get(k)[0], flags(k)), pte),
+                       touched=lambda: [k for k, _ in words.items()])
+        rmap = rmap.update(lambda f, r: sel(inv.get(f)[0], (True, inv.get(f)[1]), r),
+                           touched=lambda: [f for f, _ in inv.items()])
     new = _release_mm(s, a.pid, lambda p: dataclasses.replace(
-        p, vfork_parent=0, vmas=vma_from_segments(p.vmas, segs), pt=empty_pt(), rmap=empty_rmap(),
+        p, vfork_parent=0, vmas=vma_from_segments(p.vmas, segs), pt=pt, rmap=rmap,
         brk_start=a.brk, brk=a.brk))
-    return all_of(ok_caller, valid), 0, new
+    if words is not None:
+        # The fresh frames were free before the old space went away, so releasing it left them alone.
+        new = dataclasses.replace(new, frames=new.frames.update(
+            lambda f, fr: sel(inv.get(f)[0], (True, 1, words.get(inv.get(f)[1])[0]), fr),
+            touched=lambda: [f for f, _ in inv.items()]))
+    return all_of(ok_caller, valid, alloc_ok), 0, new
 
 
 @dataclass(frozen=True)

@@ -283,7 +283,7 @@ def mmap(state: State, args: MmapArgs, choice: MmapChoice = MmapChoice()) -> Res
     if is_sym(bad0, err_value, bad, pick_allowed, start):
         failed = any_of(bad0, err_value, bad)
         outcome = ite(bad0, err0, ite(err_value, addr, ite(bad, err, start)))
-        return Result(all_of(pick_allowed, True), outcome, ite(failed, state, new), "symbolic")
+        return Result(all_of(pick_allowed, True), outcome, ite(failed, state, new), "symbolic", start=start)
     expected = ""
     if not pick_allowed:
         want = predicted_placement(state, args.pid, length_al, thp) \

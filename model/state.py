@@ -171,6 +171,7 @@ class Result:
     state: State
     clause: str = ""
     expected: str = ""          # when not allowed: what the model would have accepted
+    start: Any = None           # mmap on Z3 terms: the address it maps at (the refinement's Choice.addr)
 
 
 @dataclass(frozen=True)

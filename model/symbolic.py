@@ -30,7 +30,7 @@ from .space import (BYTE_SORT, WORD_SORT, PageData, PageMap, SharedStore, SymCon
                     SymSharedStore)
 from .state import REAPER, AddressSpace, Process, State
 
-__all__ = ["fresh_state", "encode", "SymContext", "eval_word", "page_attr", "read_byte"]
+__all__ = ["fresh_state", "encode", "encode_space", "SymContext", "eval_word", "page_attr", "read_byte"]
 
 
 def fresh_state(profile: Profile, pids: tuple[int, ...] = (1,), prefix: str = "s") -> tuple[State, SymContext]:
@@ -80,11 +80,15 @@ def _encode_shared(ctx: SymContext, shared: SharedStore) -> SymSharedStore:
     return SymSharedStore(ctx, array)
 
 
+def encode_space(ctx: SymContext, sp: AddressSpace) -> AddressSpace:
+    """One concrete address space as Z3 terms (equal to it under every model)."""
+    return AddressSpace(pages=_encode_pages(ctx, sp.pages), data=_encode_data(ctx, sp.data),
+                        start_brk=_bv(sp.start_brk), brk=_bv(sp.brk), mmap_base=sp.mmap_base)
+
+
 def encode(ctx: SymContext, state: State) -> State:
     """The concrete `state` as Z3 terms (equal to it under every model)."""
-    spaces = {mm_id: AddressSpace(pages=_encode_pages(ctx, sp.pages), data=_encode_data(ctx, sp.data),
-                                  start_brk=_bv(sp.start_brk), brk=_bv(sp.brk), mmap_base=sp.mmap_base)
-              for mm_id, sp in state.spaces.items()}
+    spaces = {mm_id: encode_space(ctx, sp) for mm_id, sp in state.spaces.items()}
     return state.with_(spaces=spaces, shared=_encode_shared(ctx, state.shared), next_obj=_bv(state.next_obj))
 
 

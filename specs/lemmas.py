@@ -98,13 +98,21 @@ def lemma_exit_frees_everything(old, args, outcome, new) -> Any:
 
 
 def lemma_execve_leaves_nothing_old(old, args, outcome, new) -> Any:
-    """After execve no page of the old address space is mapped, and the VMAs are exactly the
-    image's segments (and kernel regions) it was given."""
+    """After execve no page of the old address space is mapped (a mapped page is an image page
+    populated with a frame that was free before, holding the image's non-zero word for it), and
+    the VMAs are exactly the image's segments (and kernel regions) it was given."""
     k = _page()
     _, after = d.find_proc(new, args.pid)
     segs = tuple(d.Vma(True, v.start, v.end, d.band(v.prot, d.PROT_RWX), False) for v in args.segments)
     want, got = d.list_find(segs, k), d.find_vma(after.vmas, k)
-    return all_of(not_(d.pte_mapped(after.pt.get(k))), *[d._eq_any(x, y) for x, y in zip(want, got)])
+    pte = after.pt.get(k)
+    if args.words is None:
+        fresh = not_(d.pte_mapped(pte))
+    else:
+        word = args.words.get(k)[0]
+        fresh = implies(d.pte_mapped(pte), all_of(not_(old.frames.get(pte[0])[0]), ne(word, 0),
+                                                  eq(new.frames.get(pte[0])[2], word)))
+    return all_of(fresh, *[d._eq_any(x, y) for x, y in zip(want, got)])
 
 
 def lemma_munmap_frees_exactly_the_range(old, args, outcome, new) -> Any:

@@ -6,7 +6,8 @@ page attribute word (model/state.py): a page inside a VMA is ATTR_MAPPED with th
 bits, plus ATTR_SHARED for MAP_SHARED. The refinement relation R(s2, s1) for one process says
 that, page by page, level 1's word has exactly those bits (its kind, backing object and the
 SIGBUS/GROWSDOWN bits are level-1 detail that level 2 does not model: R asks them to be an
-ordinary anonymous/image/heap mapping), and that the break agrees.
+ordinary anonymous/image/heap mapping, or a fixed stack or TLS page, which every level-1
+transition treats alike (relation.ORDINARY_KINDS)), and that the break agrees.
 
 R has three parts. VMA attributes and the break (above). Contents (`contents_related`): inside a
 VMA, level 2's word of a page (its frame's word, 0 when no frame is mapped) equals level 1's 8-byte
@@ -24,42 +25,30 @@ page and every other page), exit and wait4 (WNOHANG, one obligation per shape, c
 at level 2 refine level 1: from related states, when both levels allow the step, the outcomes are
 equal and the new states are related.
 
-Not yet proved (skipped obligations, each with its precise reason in SKIP_REASON): mmap,
-fork_cow, fork_eager, vfork and execve.
+fork.py: fork (copy-on-write and eager) and vfork, one obligation per shape and running caller;
+exit by a vfork child (tree.py, shape vfork-child) hands the parent its address space back.
+
+exec.py: execve, per representative image (every layout the ELF writer makes) and Linux/levitate
+layout, and per shape and running caller (a vfork child's execve unblocks its parent); its
+docstring says what is not covered (Linux's growsdown stack and [vdso]/[vvar]).
+
+mmap.py: mmap (outcome, VMA attributes and contents, MAP_SHARED's new object against
+Choice.alloc's zero frames), outside MAP_GROWSDOWN, MAP_DROPPABLE and resource failures (its SCOPE).
+
+Nothing is skipped now (SKIPPED, SKIP_REASON stay for obligations not proved yet).
 """
 from __future__ import annotations
 
-from . import mm, tree
+from . import fork, mm, tree
+from . import exec as execve
+from . import mmap
 from .relation import PID, SHAPES, contents_related, related, tree_related, vma_attr, word1, word2
 
 # Each module holds the obligations of one group of transitions and exports obligations().
-MODULES = (mm, tree)
+MODULES = (mm, tree, fork, execve, mmap)
 
-SKIPPED = ("mmap", "fork_cow", "fork_eager", "vfork", "execve")
-SKIP_REASON = {
-    "mmap": "level-1 refinement not proved yet: level 1 places mmap(NULL)/hinted mappings itself (hint, THP "
-            "alignment, x86 guard gap, learned mmap_base) and gives a MAP_SHARED mapping a new backing object "
-            "(next_obj) in its shared store, while level 2 takes the address (Choice.addr) and fresh frames "
-            "(Choice.alloc) as choices and leaves argument checks to level 1 (it accepts an unaligned offset, "
-            "a non-anonymous fd, MAP_HUGETLB). Missing: the choice correspondence (Choice.addr = level 1's "
-            "start, the new object's ATTR_OBJ and zero contents against Choice.alloc's zero frames) and the "
-            "restriction to calls level 1 accepts",
-    "fork_cow": "level-1 refinement not proved yet: level 1's fork is concrete-only in its process structure "
-                "(child path, mm id, children list, _fork_space with wipe-on-fork pages); it needs the "
-                "shape-enumerated R of exit/wait4 with a third level-2 slot for the child, and R between the "
-                "child's copied level-1 space and level 2's write-protected shared page table (refcounts 2)",
-    "fork_eager": "level-1 refinement not proved yet: as fork_cow, plus R for the child's pages through "
-                  "Choice.alloc's fresh frames (the copied words) against level 1's copied bytes",
-    "vfork": "level-1 refinement not proved yet: level 1 shares one mm id between the blocked parent and the "
-             "child, level 2 moves the VMAs and page table to the child and empties the parent; R has no "
-             "clause for a lent address space (a BLOCKED slot's space is its vfork child's), so neither vfork "
-             "nor exit/execve shapes with a vfork in progress are covered",
-    "execve": "level-1 refinement not proved yet: level 1's execve builds the layout from an ELF image "
-              "(segments with file contents, stack, [vdso], brk) while level 2 takes segments and brk as "
-              "arguments and maps them demand-zero (file contents are not modelled at level 2), so R's "
-              "contents clause fails on image pages after execve; needs the layout -> ExecveArgs "
-              "correspondence and level-2 file contents (or R without contents for image pages)",
-}
+SKIPPED: tuple = ()
+SKIP_REASON: dict = {}
 
 
 def obligations() -> list:

@@ -1,4 +1,5 @@
-"""Refinement of the process-tree transitions exit and wait4, one obligation per level-1 shape."""
+"""Refinement of the process-tree transitions exit and wait4, one obligation per level-1 shape (SHAPES,
+including vfork-child: exit by a vfork child hands its parent the address space back)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +8,7 @@ import z3
 
 from .. import design as d
 from ..logic import eq
-from .relation import ABSENT_PID, OTHER, ROOT, SHAPES, _tree_states, tree_related
+from .relation import ABSENT_PID, OTHER, ROOT, SHAPES, _tree_states, layout_of, tree_related
 
 
 def tree_obligation(name: str, shape: str, caller: int, target: int = 0):
@@ -16,7 +17,8 @@ def tree_obligation(name: str, shape: str, caller: int, target: int = 0):
     from .. import process as proc1
 
     def build() -> tuple:
-        s2, s1, ctx = _tree_states(shape)
+        layout = layout_of(shape)
+        s2, s1, ctx = _tree_states(shape, layout)
         if name == "exit":
             code = z3.BitVec("refine.code", 64)
             status = wait_status_exited(code)
@@ -29,9 +31,9 @@ def tree_obligation(name: str, shape: str, caller: int, target: int = 0):
             r1 = proc1.wait4(s1, proc1.Wait4Args(caller, target, WNOHANG))
             out_ok = d._as_bool(eq(out2, r1.outcome))
             args = {"target": target, "outcome (level 2)": out2, "outcome (level 1)": r1.outcome}
-        hyps = invariants_hold(s2) + [tree_related(s2, s1), d._as_bool(allowed2), d._as_bool(r1.allowed)] \
+        hyps = invariants_hold(s2) + [tree_related(s2, s1, layout), d._as_bool(allowed2), d._as_bool(r1.allowed)] \
             + list(ctx.facts)
-        goal = z3.And(out_ok, tree_related(new2, r1.state))
+        goal = z3.And(out_ok, tree_related(new2, r1.state, layout))
         return hyps, goal, Ctx({"before": s2, "after": new2}, args)
     label = f"{shape}-by-{'root' if caller == ROOT else 'other'}"
     if name == "wait4":

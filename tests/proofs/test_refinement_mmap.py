@@ -1,0 +1,184 @@
+"""mmap's refinement level 2 -> level 1: the obligations prove; a level-2 mmap broken on purpose is
+refuted (which also shows the hypotheses of that obligation can hold together); the level-1 fact
+the proof assumes (the next backing object is unused) holds after random concrete level-1 runs; and
+the two levels give the same outcome on concrete calls that exercise each check."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forkspec.model import design as d
+from forkspec.model import memory
+from forkspec.model import mm as mm1
+from forkspec.model.refinement import mmap as rmmap
+from forkspec.model.space import PageData, PageMap, SharedStore
+from forkspec.model.state import ATTR_SHARED, REAPER, AddressSpace, Fault, Process, State
+from forkspec.model.predicates import obj_of
+from forkspec.specs.abi import (MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_PRIVATE,
+                                MAP_SHARED, PAGE_SIZE, U64)
+from forkspec.specs.profiles import LINUX
+from forkspec.specs.prove import FAILED, PROVED, prove_one
+
+P = PAGE_SIZE
+PID = rmmap.PID
+
+
+@pytest.mark.parametrize("part", rmmap.PARTS)
+def test_proved(part):
+    res = prove_one(rmmap.obligation(part), timeout_s=30)
+    assert res.verdict == PROVED, res.counterexample
+
+
+def test_every_part_is_registered():
+    from forkspec.model import refinement as r
+    names = {o.name for o in r.obligations()}
+    assert {rmmap.obligation(p).name for p in rmmap.PARTS} <= names
+    assert "mmap" not in r.SKIPPED
+
+
+# --- broken level-2 mmaps (test-only) -------------------------------------------------------------
+
+def _places_one_page_up(s, a, c):
+    """Places a non-FIXED mapping one page above the chosen address."""
+    return d.mmap(s, a, dataclasses.replace(c, addr=d.add(c.addr, P)))
+
+
+def _fixed_keeps_old_pages(s, a, c):
+    """MAP_FIXED over existing pages keeps their frames (the range is not zeroed)."""
+    allowed, out, new = d.mmap(s, a, c)
+    procs = tuple(dataclasses.replace(p, pt=q.pt, rmap=q.rmap) for p, q in zip(new.procs, s.procs))
+    return allowed, out, dataclasses.replace(new, procs=procs, frames=s.frames)
+
+
+def _enomem_for_eperm(s, a, c):
+    """Below vm.mmap_min_addr answers ENOMEM (level 2's answer before this change)."""
+    allowed, out, new = d.mmap(s, a, c)
+    return allowed, d.ite(d.eq(out, d.neg_errno(d.Errno.EPERM)), d.neg_errno(d.Errno.ENOMEM), out), new
+
+
+def _shared_reads_old_frame_data(s, a, c):
+    """MAP_SHARED's fresh frames keep whatever word they held."""
+    allowed, out, new = d.mmap(s, a, c)
+    inv = c.alloc.inv
+    frames = new.frames.update(lambda f, fr: d.sel(inv.get(f)[0], (fr[0], fr[1], s.frames.get(f)[2]), fr))
+    return allowed, out, dataclasses.replace(new, frames=frames)
+
+
+@pytest.mark.parametrize("breaker, part", [
+    (_places_one_page_up, "outcome-placed"),
+    (_fixed_keeps_old_pages, "contents"),
+    (_enomem_for_eperm, "outcome-fixed"),
+    (_shared_reads_old_frame_data, "contents"),
+])
+def test_broken_level2_is_refuted(breaker, part):
+    res = prove_one(rmmap.obligation(part, fn=breaker), rlimit=60_000_000, timeout_s=60)
+    assert res.verdict == FAILED, res.counterexample
+    assert "before:" in res.counterexample
+
+
+# --- the level-1 fact the proof assumes -------------------------------------------------------------
+
+BASE = 0x10_0000
+
+
+def _level1_state() -> State:
+    space = AddressSpace(pages=PageMap(), data=PageData(), start_brk=0x1000_0000, brk=0x1000_0000)
+    return State(profile=LINUX, procs={PID: Process(PID, REAPER, "root", 0)}, spaces={0: space},
+                 shared=SharedStore(), reaper=1, root=PID)
+
+
+def _next_object_unused(s: State) -> bool:
+    """Every object at or above next_obj reads zero, next_obj fits ATTR_OBJ, and every MAP_SHARED page
+    names an object below next_obj (the inductive form of rmmap.fresh_object_unused)."""
+    sp = s.space_of(PID)
+    pages_ok = all(obj_of(a) < s.next_obj for _, _, a in sp.pages.iter_runs() if a & ATTR_SHARED)
+    objs_ok = all(not data.pages for obj, data in s.shared.objs.items() if obj >= s.next_obj)
+    return pages_ok and objs_ok and s.next_obj < rmmap.OBJ_LIMIT
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["mmap-shared", "mmap-private", "store", "munmap"]),
+                         st.integers(0, 5), st.integers(1, 3), st.integers(0, U64)), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(OPS)
+def test_next_object_stays_unused_on_concrete_runs(ops):
+    s = _level1_state()
+    assert _next_object_unused(s)
+    for op, page, npages, value in ops:
+        addr = BASE + page * P
+        if op.startswith("mmap"):
+            flags = MAP_ANONYMOUS | MAP_FIXED | (MAP_SHARED if op == "mmap-shared" else MAP_PRIVATE)
+            r = mm1.mmap(s, mm1.MmapArgs(PID, addr, npages * P, 3, flags), mm1.MmapChoice())
+        elif op == "store":
+            r = memory.store(s, PID, addr + 8 * (value % 8), value)
+            if isinstance(r.outcome, Fault):
+                continue
+        else:
+            r = mm1.munmap(s, mm1.MunmapArgs(PID, addr, npages * P))
+        assert r.allowed
+        s = r.state
+        assert _next_object_unused(s)
+
+
+# --- the two levels agree on concrete calls exercising each check -----------------------------------
+
+def _level2_state() -> d.KState:
+    p = d.Proc(pid=PID, state=d.RUNNING, parent=1, vfork_parent=0, status=0,
+               vmas=(d.Vma(True, BASE, BASE + 2 * P, 3, False),),
+               brk_start=0x1000_0000, brk=0x1000_0000, pt=d.empty_pt(), rmap=d.empty_rmap())
+    return d.KState((p,), d.SparseMap(d.FRAME_DEFAULT), 1)
+
+
+def _level1_with_mapping() -> State:
+    s = _level1_state()
+    r = mm1.mmap(s, mm1.MmapArgs(PID, BASE, 2 * P, 3, MAP_ANONYMOUS | MAP_PRIVATE | MAP_FIXED), mm1.MmapChoice())
+    return r.state
+
+
+ANON = MAP_ANONYMOUS | MAP_PRIVATE
+CALLS = [  # (addr, length, flags, offset)
+    (BASE, P, ANON | MAP_FIXED, 5),                         # offset unaligned
+    (BASE, P, MAP_PRIVATE | MAP_FIXED, 0),                  # no MAP_ANONYMOUS
+    (BASE, 0, ANON | MAP_FIXED, 0),                         # length 0
+    (BASE, P, ANON | MAP_FIXED | MAP_HUGETLB, 0),           # MAP_HUGETLB
+    (BASE, U64, ANON | MAP_FIXED, 0),                       # length wraps
+    ((-4095) & U64, P, ANON | MAP_FIXED, 0),                # MAP_FIXED address in the errno range
+    (0x7FFF_FFFF_E000, 2 * P, ANON | MAP_FIXED, 0),         # past TASK_SIZE
+    (BASE + 1, P, ANON | MAP_FIXED, 0),                     # unaligned MAP_FIXED
+    (0, P, ANON | MAP_FIXED, 0),                            # below vm.mmap_min_addr
+    (BASE + P, P, ANON | MAP_FIXED_NOREPLACE, 0),           # NOREPLACE over a mapping
+    (BASE + 4 * P, P, MAP_ANONYMOUS | 0x3 | MAP_FIXED, 0),  # bad map type
+    (BASE + P, 2 * P, MAP_ANONYMOUS | MAP_SHARED | MAP_FIXED, 0),  # success over part of a mapping
+]
+
+
+@pytest.mark.parametrize("addr, length, flags, offset", CALLS)
+def test_levels_agree_on_concrete_calls(addr, length, flags, offset):
+    r1 = mm1.mmap(_level1_with_mapping(), mm1.MmapArgs(PID, addr, length, 3, flags, U64, offset), mm1.MmapChoice())
+    alloc = d.alloc_from_dict({(addr >> 12) + i: 100 + i for i in range(max(length, 0) // P)}
+                              if length < (1 << 40) else {})
+    allowed, out2, _ = d.mmap(_level2_state(), d.MmapArgs(PID, addr, length, 3, flags, offset),
+                              d.Choice(addr=0, alloc=alloc))
+    assert allowed and r1.allowed
+    assert out2 == r1.outcome
+
+
+@pytest.mark.parametrize("shared", [MAP_SHARED, MAP_PRIVATE])
+def test_contents_hypotheses_hold_for_a_new_mapping(shared):
+    """Vacuity: the contents obligation's hypotheses (with the instances and the fresh-object fact)
+    hold together for a successful non-FIXED mmap whose range holds the checked address."""
+    import z3
+    hyps, _, ctx = rmmap.obligation("contents").build()
+    a = ctx.args
+    start, flags, out = a["start (level 1's, generalised)"], a["flags"], a["outcome (level 2)"]
+    at = z3.Concat(z3.BitVec("refine.at_page", 52), z3.BitVecVal(0, 12))
+    witness = [flags & 0xF == shared, flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) == 0, rmmap.succeeded(out),
+               z3.ULE(start, at), z3.ULT(at, start + a["length"])]
+    solver = z3.Solver()
+    solver.set("rlimit", 100_000_000)
+    solver.add(*hyps, *[z3.simplify(w) for w in witness])
+    assert solver.check() == z3.sat
