@@ -12,7 +12,7 @@ import platform
 import time
 
 
-from machine import cpu_model  # noqa: E402 (bench/ is on sys.path when run as a script)
+from machine import describe  # noqa: E402 (bench/ is on sys.path when run as a script)
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("-k", dest="pattern", default=None)
     parser.add_argument("-j", dest="jobs", type=int, default=1, help="worker processes (forkspec prove uses 2)")
     args = parser.parse_args()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, {cpu_model()}")
+    print(f"{describe()} | {platform.platform()}")
     verdicts: dict[str, set] = {}
     for seed in range(args.seeds):
         start = time.perf_counter()
@@ -34,7 +34,8 @@ def main() -> None:
         skipped = sum(r.verdict == "skipped" for r in results)
         print(f"seed {seed}: {len(results)} obligations ({skipped} skipped), {wall:.1f} s wall, "
               f"{sum(r.seconds for r in results):.1f} s summed, slowest {slowest.obligation} "
-              f"{slowest.seconds:.2f} s, not proved: {bad or 'none'}", flush=True)
+              f"{slowest.seconds:.2f} s, not proved: {bad or 'none'}, "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
         for r in results:
             verdicts.setdefault(r.obligation, set()).add(r.verdict)
     unstable = {k: v for k, v in verdicts.items() if len(v) > 1}

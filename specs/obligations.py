@@ -34,6 +34,7 @@ class Obligation:
     expect: str = "valid"                       # valid (hyps => goal) or sat (hyps /\\ goal)
     skip: str | None = None                     # reason, when it cannot be discharged yet
     tactic: str = "smt"                         # smt; ematching (no MBQI); push-ite (simplify first); bitblast
+    pin: bool = False                           # sat checks: search pinned witnesses first (see pin())
 
 
 @dataclass
@@ -134,7 +135,9 @@ def _fork_args(vfork: bool) -> Callable[[], tuple]:
 
 def _execve_args() -> tuple:
     segs = tuple(sym_vma(f"a.seg{i}") for i in range(NSEGS))
-    return d.ExecveArgs(w("a.pid"), segs, w("a.brk")), d.Choice()
+    # The image's page words: pages with a non-zero word are populated from Choice.alloc.
+    words = sym_map("a.words", (BV,), (0,))
+    return d.ExecveArgs(w("a.pid"), segs, w("a.brk"), words), d.Choice(alloc=sym_alloc("c.alloc"))
 
 
 def _access_args() -> tuple:
@@ -187,34 +190,31 @@ def preserves(t: Transition, inv_name: str, fn: Callable | None = None) -> Oblig
     return Obligation(f"{t.name}-preserves-{inv_name}", "preserve", build)
 
 
-# Sat checks Z3 cannot decide, with the evidence that stands in for them.
-NONVACUOUS_SKIP = {
-    "mprotect": "Z3's MBQI does not reliably find a model for the quantified first-gap constraint (unknown on "
-                "some seeds, e.g. --seed 8); "
-                "the success path is shown satisfiable concretely by tests/proofs/test_design_agreement.py::"
-                "test_mprotect_success_from_a_reachable_state (invariants hold before and after)",
-}
-
-
 def nonvacuous(t: Transition) -> Obligation:
-    """The invariants, `allowed` and the transition's success path can hold at once."""
+    """The invariants, `allowed` and the transition's success path can hold at once (searched on
+    pinned witnesses first: see pin())."""
     def build() -> tuple:
-        with small_states():
-            old, args, choice, allowed, outcome, new = step(t)
+        old, args, choice, allowed, outcome, new = step(t)
         hyps = invariants_hold(old) + [d._as_bool(allowed)]
         return hyps, d._as_bool(t.ok(args, outcome)), Ctx({"before": old, "after": new},
                                                           {"args": args, "choice": choice, "outcome": outcome})
-    return Obligation(f"{t.name}-success-satisfiable", "sat", build, expect="sat", skip=NONVACUOUS_SKIP.get(t.name))
+    return Obligation(f"{t.name}-success-satisfiable", "sat", build, expect="sat", pin=True)
 
 
 def initial_state() -> tuple[d.KState, Any]:
-    """The first process right after its first execve: segments only, nothing mapped, every frame
-    free. Returns (state, the hypotheses on the layout)."""
+    """The first process right after its first execve: its segments, the image's pages with a
+    non-zero word populated with fresh frames, every other frame free. Returns (state, the
+    hypotheses on the layout)."""
     segs = tuple(sym_vma(f"i.seg{i}") for i in range(NSEGS))
     empty = sym_state("i", nprocs=1, nvmas=0)
-    p = dataclasses.replace(empty.procs[0], state=d.RUNNING, parent=empty.reaper, vfork_parent=0)
-    s = dataclasses.replace(empty, procs=(p,), frames=d.SparseMap(d.FRAME_DEFAULT))
-    allowed, _, new = d.execve(s, d.ExecveArgs(p.pid, segs, w("i.brk")), d.Choice())
+    # Before it, the process holds no page (symbolic empty maps: the alloc's frames are symbolic).
+    p = dataclasses.replace(empty.procs[0], state=d.RUNNING, parent=empty.reaper, vfork_parent=0,
+                            pt=d.SparseMap(d.PTE_DEFAULT, fn=lambda k: d.PTE_DEFAULT),
+                            rmap=d.SparseMap(d.RMAP_DEFAULT, fn=lambda f: d.RMAP_DEFAULT))
+    no_frames = d.SparseMap(d.FRAME_DEFAULT, fn=lambda f: d.FRAME_DEFAULT)
+    s = dataclasses.replace(empty, procs=(p,), frames=no_frames)
+    words = sym_map("i.words", (BV,), (0,))
+    allowed, _, new = d.execve(s, d.ExecveArgs(p.pid, segs, w("i.brk"), words), d.Choice(alloc=sym_alloc("i.alloc")))
     return new, z3.And(d._as_bool(allowed), ne(p.pid, 0), ne(p.pid, s.reaper))
 
 
@@ -361,6 +361,151 @@ def segments_well_formed(inv_name: str) -> Obligation:
 STRUCTURAL = ("inv_vmas_disjoint",)
 
 
+# --- vacuity: sat checks on pinned witnesses --------------------------------------------------------
+# A sat check over symbolic states asks Z3 for a model of quantified formulas over uninterpreted
+# functions (level 2's maps) and arrays (level 1's pages, contents, shared objects); MBQI often
+# answers unknown there. Pinning defines each such function on a small witness: zero (0, False, the
+# all-zero array: nothing mapped, every frame free, contents zero) except at `entries` symbolic
+# keys, where its values are symbolic. A model of the pinned formulas, with each function read off
+# its pinned definition, is a model of the original ones: sat with pinning proves the hypotheses
+# satisfiable. Unsat with pinning proves nothing (the witness may be too small), so larger
+# witnesses are tried next (specs/prove.py: the functions an unsat core blames get one more entry)
+# and last the unpinned formulas, whose unsat is a real finding.
+
+
+def _zero(sort: z3.SortRef) -> Any:
+    """The all-zero value of a sort, or None for a sort pinning does not handle (left unpinned)."""
+    if sort.kind() == z3.Z3_BOOL_SORT:
+        return z3.BoolVal(False)
+    if sort.kind() == z3.Z3_BV_SORT:
+        return z3.BitVecVal(0, sort.size())
+    if sort.kind() == z3.Z3_ARRAY_SORT:
+        inner = _zero(sort.range())
+        zero = None if inner is None else z3.K(sort.domain(), inner)
+        return zero if zero is not None and zero.sort().eq(sort) else None   # not multi-index arrays
+    return None
+
+
+def _pinned_value(sort: z3.SortRef, name: str, entries: int) -> Any:
+    """A symbolic value of `sort`; an array value is itself pinned (zero but at `entries` keys)."""
+    if sort.kind() == z3.Z3_ARRAY_SORT:
+        x = z3.Const(f"{name}.x", sort.domain())
+        return z3.Lambda([x], _pinned_body((sort.domain(),), sort.range(), name, entries, (x,)))
+    return z3.Const(name, sort)
+
+
+def _pinned_body(domain: tuple, rng: z3.SortRef, name: str, entries: int, args: tuple) -> Any:
+    out = _zero(rng)
+    for j in reversed(range(entries)):
+        keys = [z3.Const(f"{name}!pin.key{j}.{i}", s) for i, s in enumerate(domain)]
+        out = z3.If(z3.And(*[a == k for a, k in zip(args, keys)]), _pinned_value(rng, f"{name}!pin.val{j}", entries),
+                    out)
+    return out
+
+
+def uninterpreted(terms: list) -> tuple[list, list]:
+    """The uninterpreted functions (arity >= 1) and array constants the terms mention, in a fixed
+    order (by name and sort), so pinning builds the same terms in every process. Walks the term
+    DAG through Z3's C API: z3py's wrappers made this walk cost more than the solving."""
+    from z3 import z3core as c
+    exprs = [t for t in terms if isinstance(t, z3.ExprRef)]
+    if not exprs:
+        return [], []
+    ctx = exprs[0].ctx
+    ref = ctx.ref()
+    funcs: dict = {}
+    arrays: dict = {}
+    seen: set = set()
+    stack = [t.as_ast() for t in exprs]
+    while stack:
+        a = stack.pop()
+        ident = c.Z3_get_ast_id(ref, a)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        kind = c.Z3_get_ast_kind(ref, a)
+        if kind == z3.Z3_QUANTIFIER_AST:
+            stack.append(c.Z3_get_quantifier_body(ref, a))
+            continue
+        if kind != z3.Z3_APP_AST:
+            continue
+        decl = c.Z3_get_app_decl(ref, a)
+        nargs = c.Z3_get_app_num_args(ref, a)
+        if c.Z3_get_decl_kind(ref, decl) == z3.Z3_OP_UNINTERPRETED:
+            if nargs >= 1:
+                f = z3.FuncDeclRef(decl, ctx)
+                funcs[(f.name(), f.sexpr())] = f
+            elif c.Z3_get_sort_kind(ref, c.Z3_get_sort(ref, a)) == z3.Z3_ARRAY_SORT:
+                t = z3.z3._to_expr_ref(a, ctx)
+                arrays[(str(t), t.sort().sexpr())] = t
+        stack.extend(c.Z3_get_app_arg(ref, a, j) for j in range(nargs))
+    return [funcs[k] for k in sorted(funcs)], [arrays[k] for k in sorted(arrays)]
+
+
+def pin(terms: list, entries: dict | int = 0, probe: bool = False, found: tuple | None = None) -> tuple[list, dict]:
+    """The terms with every uninterpreted function and array constant pinned to a witness that is
+    zero except at `entries[name]` symbolic keys (see above; an int: the same for all). Pin all
+    formulas of one query together. With `probe`, each gets one more entry, enabled by a guard
+    boolean: returns (terms, {name: guard}); assuming every guard false is the unprobed query, and
+    an unsat core over those assumptions names the functions whose witness is too small. `found`:
+    uninterpreted(terms), when the caller pins the same terms repeatedly."""
+    funcs, arrays = found or uninterpreted(terms)
+    size = (lambda name: entries.get(name, 0)) if isinstance(entries, dict) else (lambda name: entries)
+    guards: dict = {}
+
+    def body(name: str, domain: tuple, rng: z3.SortRef, args: tuple) -> Any:
+        out = _pinned_body(domain, rng, name, size(name), args)
+        if probe:
+            guards[name] = z3.Bool(f"{name}!pin.probe")
+            keys = [z3.Const(f"{name}!pin.probekey.{i}", s) for i, s in enumerate(domain)]
+            out = z3.If(z3.And(guards[name], *[a == k for a, k in zip(args, keys)]),
+                        _pinned_value(rng, f"{name}!pin.probeval", 1), out)
+        return out
+    fsubs = []
+    for f in funcs:
+        domain = tuple(f.domain(i) for i in range(f.arity()))
+        if _zero(f.range()) is not None:
+            args = tuple(z3.Var(i, s) for i, s in enumerate(domain))   # Var(i) is the i-th argument
+            fsubs.append((f, body(f.name(), domain, f.range(), args)))
+    csubs = []
+    for a in arrays:
+        if _zero(a.sort()) is not None:
+            x = z3.Const(f"{a}!pin.x", a.sort().domain())
+            csubs.append((a, z3.Lambda([x], body(str(a), (a.sort().domain(),), a.sort().range(), (x,)))))
+    out = []
+    for t in terms:
+        t = t if isinstance(t, z3.ExprRef) else z3.BoolVal(bool(t))
+        if fsubs:
+            t = z3.substitute_funs(t, *fsubs)
+        if csubs:
+            t = z3.substitute(t, *csubs)
+        out.append(t)
+    return out, guards
+
+
+VACUITY_SUFFIX = "-hypotheses-satisfiable"
+
+
+def hypotheses_satisfiable(o: Obligation) -> Obligation:
+    """`<name>-hypotheses-satisfiable`: the hypotheses of o hold together, so o is not proved
+    vacuously (issue 2). Generated for every refinement obligation (with_vacuity_checks)."""
+    def build() -> tuple:
+        hyps, _, ctx = o.build()
+        return hyps, z3.BoolVal(True), ctx
+    return Obligation(f"{o.name}{VACUITY_SUFFIX}", "sat", build, expect="sat", skip=o.skip, pin=True)
+
+
+def with_vacuity_checks(obs: list[Obligation]) -> list[Obligation]:
+    """obs with each refinement obligation followed by its hypotheses-satisfiable check (a skipped
+    one gets its check when its skip is lifted)."""
+    out = []
+    for o in obs:
+        out.append(o)
+        if o.kind == "refine" and not o.skip:
+            out.append(hypotheses_satisfiable(o))
+    return out
+
+
 def all_obligations() -> list[Obligation]:
     from .lemmas import LEMMAS, refinement_obligations
     obs = [preserves(t, inv) for t in TRANSITIONS.values() for inv in INVARIANTS if inv not in STRUCTURAL]
@@ -371,7 +516,7 @@ def all_obligations() -> list[Obligation]:
     obs.append(all_invariants_satisfiable())
     obs += [lemma for lemma in LEMMAS]
     obs += refinement_obligations()
-    return obs
+    return with_vacuity_checks(obs)
 
 
 __all__ = ["Obligation", "Ctx", "TRANSITIONS", "Transition", "all_obligations", "preserves", "sym_state",

@@ -1,31 +1,40 @@
-"""`forkspec prove`: discharge the proof obligations with Z3, one fresh solver each.
+"""`forkspec prove`: discharge the proof obligations with Z3, one fresh solver and process each.
 
 `run()` returns one ProofResult per obligation; `unknown` and timeouts are failures, never passes
 (DESIGN.md "Proofs"). The resource limit is deterministic (`rlimit`), the wall-clock timeout is
 only a backstop. A failed obligation carries its counterexample as a readable state: processes,
-VMAs, PTEs and frames, decoded from the Z3 model.
+VMAs, PTEs and frames, decoded from the Z3 model; and, when the caller passes a `witness` (the
+`forkspec prove` CLI passes oracle/_internal/witness.py's program_for: specs/ does not import
+oracle/), as a program `forkspec replay` runs, or the reason there is none.
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import gc
 import itertools
 import json
 import multiprocessing
 import os
+import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import z3
 
 from ..model import design as d
 from ..model.logic import to_python
 from .abi import PROT_EXEC, PROT_READ, PROT_WRITE
-from .obligations import Ctx, Obligation, all_obligations, small_states
+from .obligations import VACUITY_SUFFIX, Ctx, Obligation, all_obligations, pin, small_states, uninterpreted
 
-DEFAULT_RLIMIT = 60_000_000     # Z3 resource units per obligation (deterministic across runs)
+# The limit that decides: Z3 resource units per query, deterministic across runs and machines.
+# About 10 s of CPU (Z3 does 2-3.5 M units per CPU second here: bench/bench_prove_isolation.py).
+DEFAULT_RLIMIT = 30_000_000
+# Only a backstop. At 10 s it, not the rlimit, decided: under load (other jobs on the machine)
+# obligations answered unknown that are proved on an idle machine; 60 s leaves room for a 6x slowdown.
+DEFAULT_TIMEOUT_S = 60.0
 PROVED, FAILED, UNKNOWN, SKIPPED = "proved", "failed", "unknown", "skipped"
 
 
@@ -35,6 +44,7 @@ class ProofResult:
     verdict: str                    # proved / failed / unknown / skipped
     seconds: float
     counterexample: str = ""        # a readable state for failed; the reason for unknown/skipped
+    program: str = ""               # failed: the counterexample as program text, or "# no program: why"
 
     @property
     def ok(self) -> bool:
@@ -49,11 +59,12 @@ def select_obligations(select: str | None) -> list[Obligation]:
     return [o for o in obs if select in o.name or fnmatch.fnmatchcase(o.name, select)]
 
 
-def _solve(o: Obligation, seed: int, rlimit: int, timeout_s: float) -> tuple[Any, z3.Solver, Ctx]:
-    # Fresh-name counters restart per obligation: its terms, and so Z3's run, do not depend on
-    # which obligations were built before it in this process.
+def _solve(o: Obligation, seed: int, rlimit: int, timeout_s: float,
+           build: Callable[[], tuple] | None = None, assumptions: Sequence = ()) -> tuple[Any, z3.Solver, Ctx]:
+    # Fresh-name counters restart per obligation: its terms do not depend on which obligations
+    # were built before it in this process (Z3's own context state still does: see run()).
     d._fresh = itertools.count()
-    hyps, goal, ctx = o.build()
+    hyps, goal, ctx = (build or o.build)()
     if o.tactic == "push-ite":
         # Pushing if-then-else through bit-vector operations turns shr(max(a, b)) into
         # max(shr a, shr b): VMA-piece bounds then compare directly, and verdicts stop depending on
@@ -73,24 +84,33 @@ def _solve(o: Obligation, seed: int, rlimit: int, timeout_s: float) -> tuple[Any
         solver.set("smt.mbqi", False)      # instantiate by patterns only: unknown comes fast, never a pass
     solver.add(*hyps)
     solver.add(z3.Not(goal) if o.expect == "valid" else goal)
-    return solver.check(), solver, ctx
+    return solver.check(*assumptions), solver, ctx
 
 
-def prove_one(o: Obligation, seed: int = 0, rlimit: int = DEFAULT_RLIMIT, timeout_s: float = 10) -> ProofResult:
+# Turns a failed obligation's model into program text: (model, obligation name, Ctx) -> str.
+# oracle/ provides it (oracle/_internal/witness.py: program_for); specs/ does not import oracle/.
+Witness = Callable[[Any, str, Any], str]
+
+
+def prove_one(o: Obligation, seed: int = 0, rlimit: int = DEFAULT_RLIMIT, timeout_s: float = DEFAULT_TIMEOUT_S,
+              witness: Witness | None = None) -> ProofResult:
     """Discharge one obligation on a fresh solver. When Z3 cannot decide a validity obligation,
     small states (maps with two entries) are searched for a counterexample: one found there is a
-    real counterexample; otherwise the verdict stays unknown, which is a failure."""
+    real counterexample; otherwise the verdict stays unknown, which is a failure. `witness`, when
+    given, also turns a counterexample into a program (ProofResult.program)."""
     if o.skip:
         return ProofResult(o.name, SKIPPED, 0.0, o.skip)
     start = time.perf_counter()
+    if o.expect == "sat":
+        return _check_sat(o, seed, rlimit, timeout_s, start)
     answer, solver, ctx = _solve(o, seed, rlimit, timeout_s)
-    if answer == z3.sat and o.expect == "valid":
+    if answer == z3.sat:
         # A model over uninterpreted functions prints poorly: prefer a small state if there is one.
         with small_states():
             small, small_solver, small_ctx = _solve(o, seed, rlimit, timeout_s)
         if small == z3.sat:
             solver, ctx = small_solver, small_ctx
-    elif answer == z3.unknown and o.expect == "valid":
+    elif answer == z3.unknown:
         reason = solver.reason_unknown()
         with small_states():
             small, small_solver, small_ctx = _solve(o, seed, rlimit, timeout_s)
@@ -101,31 +121,151 @@ def prove_one(o: Obligation, seed: int = 0, rlimit: int = DEFAULT_RLIMIT, timeou
     seconds = time.perf_counter() - start
     if answer == z3.unknown:
         return ProofResult(o.name, UNKNOWN, seconds, f"z3 answered unknown: {solver.reason_unknown()}")
-    if o.expect == "valid":
-        if answer == z3.unsat:
-            return ProofResult(o.name, PROVED, seconds)
-        return ProofResult(o.name, FAILED, seconds, describe(solver.model(), ctx))
+    if answer == z3.unsat:
+        return ProofResult(o.name, PROVED, seconds)
+    model = solver.model()
+    return ProofResult(o.name, FAILED, seconds, describe(model, ctx),
+                       witness(model, o.name, ctx) if witness is not None else "")
+
+
+# Rounds of witness growth a pinned sat check tries before the unpinned query, and the largest
+# witness per function (entries beyond a few made MBQI slow: 2 everywhere took up to 6 s, measured).
+PIN_ROUNDS, PIN_MAX_ENTRIES = 8, 3
+
+
+def _check_sat(o: Obligation, seed: int, rlimit: int, timeout_s: float, start: float) -> ProofResult:
+    """A sat check. With `o.pin`, first on pinned witnesses (obligations.pin): every function zero
+    but at a few keys, starting from none; while the pinned query is unsat, a probe query (one
+    guarded extra entry per function, all guards assumed false) yields an unsat core naming the
+    functions whose witness is too small, and those get one more entry. Sat on a pinned witness
+    proves the hypotheses satisfiable. Otherwise the unpinned query decides: unsat there means the
+    hypotheses contradict each other, unknown is a failure, as everywhere."""
+    d._fresh = itertools.count()
+    hyps, goal, ctx = o.build()
+    terms = [*hyps, goal]
+    tried = []
+    if o.pin:
+        sizes: dict = {}
+        found = uninterpreted(terms)
+        for _ in range(PIN_ROUNDS):
+            # Any model of the probe query (guards true or false) is a pinned witness, so one query
+            # per round: sat proves the check, unsat's core says which witnesses to grow.
+            probed, guards = pin(terms, sizes, probe=True, found=found)
+            blame = {str(z3.Not(g)): name for name, g in guards.items()}
+            answer, solver, _ = _solve(o, seed, rlimit, timeout_s, lambda: (probed[:-1], probed[-1], ctx),
+                                       assumptions=[z3.Not(g) for g in guards.values()])
+            tried.append(f"{sum(sizes.values())} pinned entries: {_answer(answer, solver)}")
+            if answer == z3.sat:
+                return ProofResult(o.name, PROVED, time.perf_counter() - start)
+            grow = [blame[str(c)] for c in solver.unsat_core()] if answer == z3.unsat else []
+            grow = [name for name in grow if sizes.get(name, 0) < PIN_MAX_ENTRIES]
+            if not grow:
+                break
+            for name in grow:
+                sizes[name] = sizes.get(name, 0) + 1
+    answer, solver, _ = _solve(o, seed, rlimit, timeout_s, lambda: (hyps, goal, ctx))
+    seconds = time.perf_counter() - start
+    note = f" (pinned witnesses first: {'; '.join(tried)})" if tried else ""
     if answer == z3.sat:
         return ProofResult(o.name, PROVED, seconds)
-    return ProofResult(o.name, FAILED, seconds, "unsatisfiable: the hypotheses are contradictory (vacuous)")
+    if answer == z3.unsat:
+        return ProofResult(o.name, FAILED, seconds, f"unsatisfiable: the hypotheses are contradictory (vacuous){note}")
+    return ProofResult(o.name, UNKNOWN, seconds, f"z3 answered unknown: {solver.reason_unknown()}{note}")
+
+
+def _answer(answer: Any, solver: z3.Solver) -> str:
+    return f"unknown ({solver.reason_unknown()})" if answer == z3.unknown else str(answer)
 
 
 def run(select: str | None = None, seed: int = 0, rlimit: int = DEFAULT_RLIMIT,
-        timeout_s: float = 10, jobs: int = 1) -> list[ProofResult]:
-    """Discharge the selected obligations (all when select is None), in order. `jobs` > 1 proves
-    them in that many worker processes (each rebuilds its obligations: Z3 terms do not travel)."""
-    obs = select_obligations(select)
-    if jobs <= 1 or len(obs) < 2:
-        return [prove_one(o, seed, rlimit, timeout_s) for o in obs]
-    names = [o.name for o in obs]
-    ctx = multiprocessing.get_context("spawn")   # a forked Z3 can deadlock on locks held at fork
-    with ctx.Pool(jobs) as pool:
-        return pool.starmap(_prove_by_name, [(n, seed, rlimit, timeout_s) for n in names], chunksize=1)
+        timeout_s: float = DEFAULT_TIMEOUT_S, jobs: int = 1, witness: Witness | None = None,
+        isolate: bool = True) -> list[ProofResult]:
+    """Discharge the selected obligations (all when select is None), in order, in `jobs` worker
+    processes. `isolate` (the default) gives every obligation a process of its own, forked from a
+    server that has imported forkspec and run nothing: Z3's search depends on the state of its
+    context (the terms built before, their ids), so an obligation proved after others in one process
+    consumed up to 2.4x more or less rlimit than alone (bench/bench_prove_isolation.py); isolated,
+    each verdict depends only on the obligation, the seed and the rlimit. `isolate=False` proves
+    in this process (tests that patch obligations in). Z3 terms do not travel between processes:
+    workers rebuild their obligation by name, and `witness` must be a module-level function."""
+    if not isolate:
+        return [prove_one(o, seed, rlimit, timeout_s, witness) for o in select_obligations(select)]
+    names = [o.name for o in select_obligations(select)]
+    return [r for r, _ in _run_isolated(names, seed, rlimit, timeout_s, jobs, witness)]
 
 
-def _prove_by_name(name: str, seed: int, rlimit: int, timeout_s: float) -> ProofResult:
+def run_measured(names: Sequence[str], seed: int = 0, rlimit: int = DEFAULT_RLIMIT,
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
+                 jobs: int = 1) -> list[tuple[ProofResult, int]]:
+    """The named obligations, isolated as run() proves them: (result, Z3 resource units consumed)."""
+    return _run_isolated(list(names), seed, rlimit, timeout_s, jobs, None)
+
+
+def _run_isolated(names: list[str], seed: int, rlimit: int, timeout_s: float, jobs: int,
+                  witness: Witness | None) -> list[tuple[ProofResult, int]]:
+    if not names:
+        return []
+    # Workers come from a forkserver: a fresh single-threaded interpreter that imported forkspec and
+    # ran no Z3 (a fork of a process that did can deadlock on locks held at fork, and would carry its
+    # context state). A worker never runs Z3 either: it forks one child per obligation (a few ms;
+    # a new pool process per obligation cost about 35 ms, measured).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", "forkspec.specs.prove", "forkspec.specs.lemmas", "forkspec.model.refinement"])
+    with ctx.Pool(max(1, min(jobs, len(names)))) as pool:
+        return pool.starmap(_prove_forked, [(n, seed, rlimit, timeout_s, witness) for n in names], chunksize=1)
+
+
+def _prove_forked(name: str, seed: int, rlimit: int, timeout_s: float,
+                  witness: Witness | None) -> tuple[ProofResult, int]:
+    """Prove `name` in a child forked from this clean worker; its result comes back pickled."""
+    read_end, write_end = os.pipe()
+    # Frozen objects are not traversed by the child's garbage collector, which would otherwise write
+    # to (and so copy) every page of the worker's heap.
+    gc.freeze()
+    pid = os.fork()
+    if pid == 0:        # the child: prove, send, exit without running the worker's cleanup
+        status = 1
+        try:
+            os.close(read_end)
+            try:
+                reply = ("ok", _prove_isolated(name, seed, rlimit, timeout_s, witness))
+            except Exception as exc:            # noqa: BLE001 - handed to the parent, which raises it
+                reply = ("raise", exc)
+            with os.fdopen(write_end, "wb") as out:
+                pickle.dump(reply, out)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as got:
+        data = got.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"proving {name} killed its process (wait status {status:#x})")
+    kind, value = pickle.loads(data)
+    if kind == "raise":
+        raise value
+    return value
+
+
+def _rlimit_count() -> int:
+    """The process's Z3 resource count so far (cumulative over solvers; a trivial check adds 2)."""
+    solver = z3.Solver()
+    solver.check()
+    stats = solver.statistics()
+    return int(stats.get_key_value("rlimit count")) if "rlimit count" in stats.keys() else 0
+
+
+def _prove_isolated(name: str, seed: int, rlimit: int, timeout_s: float,
+                    witness: Witness | None = None) -> tuple[ProofResult, int]:
+    before = _rlimit_count()
+    result = _prove_by_name(name, seed, rlimit, timeout_s, witness)
+    return result, _rlimit_count() - before - 2
+
+
+def _prove_by_name(name: str, seed: int, rlimit: int, timeout_s: float, witness: Witness | None = None) -> ProofResult:
     (o,) = [o for o in all_obligations() if o.name == name]
-    return prove_one(o, seed, rlimit, timeout_s)
+    return prove_one(o, seed, rlimit, timeout_s, witness)
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -140,12 +280,16 @@ def format_table(results: Sequence[ProofResult]) -> str:
         lines.append("")
         lines.append(f"--- {r.obligation}: {r.verdict}")
         lines.append(r.counterexample)
+        if r.program:
+            lines.append("as a program (forkspec replay FILE runs it on impl and the model):")
+            lines.append(r.program.rstrip("\n"))
     proved = sum(r.verdict == PROVED for r in results)
     skipped = sum(r.verdict == SKIPPED for r in results)
     total = sum(r.seconds for r in results)
     lines.append("")
-    lines.append(f"{proved} proved, {len(bad)} not proved, {skipped} skipped, {len(results)} obligations, "
-                 f"{total:.1f} s")
+    vacuity = sum(r.obligation.endswith(VACUITY_SUFFIX) for r in results)
+    lines.append(f"{proved} proved, {len(bad)} not proved, {skipped} skipped, {len(results)} obligations "
+                 f"({vacuity} of them hypotheses-satisfiable checks of refinement obligations), {total:.1f} s")
     return "\n".join(lines)
 
 
@@ -262,13 +406,30 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`forkspec prove [-k PATTERN] [--json] [--seed N]`: exit 0 only if every obligation is proved."""
+def emit_programs(results: Sequence[ProofResult], directory: str) -> list[str]:
+    """Write each failed obligation's program to DIRECTORY/<obligation>.fsp; returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for r in results:
+        if r.verdict == FAILED and r.program.startswith("# forkspec-program"):
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in r.obligation)
+            path = os.path.join(directory, f"{safe}.fsp")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(r.program)
+            paths.append(path)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None, witness: Witness | None = None) -> int:
+    """`forkspec prove [-k PATTERN] [--json] [--seed N] [--emit-programs DIR]`: exit 0 only if every
+    obligation is proved. `witness` (oracle's program builder) turns counterexamples into programs."""
     parser = _Parser(prog="forkspec prove", description="Discharge forkspec's Z3 proof obligations.")
     parser.add_argument("-k", dest="pattern", default=None,
                         help="run only obligations whose name contains PATTERN (or matches it as a glob)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--seed", type=int, default=0, help="Z3 random seed (verdicts must not depend on it)")
+    parser.add_argument("--emit-programs", metavar="DIR", default=None,
+                        help="write each failed obligation's counterexample program to DIR/<obligation>.fsp")
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:
@@ -280,8 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not selected:
         sys.stderr.write(f"forkspec prove: -k {args.pattern!r} matches no obligation\n")
         return 2
-    results = run(args.pattern, seed=args.seed, jobs=min(2, os.cpu_count() or 1))
+    if args.emit_programs is not None and witness is None:
+        sys.stderr.write("forkspec prove: --emit-programs needs oracle's program builder: run `forkspec prove`\n")
+        return 2
+    results = run(args.pattern, seed=args.seed, jobs=min(2, os.cpu_count() or 1), witness=witness)
     print(to_json(results) if args.json else format_table(results))
+    if args.emit_programs is not None:
+        for path in emit_programs(results, args.emit_programs):
+            sys.stderr.write(f"forkspec prove: wrote {path}   (forkspec replay {path})\n")
     return 0 if all(r.ok for r in results) else 1
 
 
