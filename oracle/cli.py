@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     prove.add_argument("-k", dest="select", default=None, metavar="PATTERN", help="only obligations matching")
     prove.add_argument("--json", action="store_true", help="print results as JSON")
     prove.add_argument("--seed", type=_seed, default=0, help="Z3 random seed")
+    prove.add_argument("--emit-programs", default=None, metavar="DIR",
+                       help="write each failed obligation's counterexample as a program to DIR/<obligation>.fsp "
+                            "(run it with forkspec replay)")
     return parser
 
 
@@ -312,7 +315,11 @@ def cmd_prove(args: argparse.Namespace) -> int:
     if args.json:
         argv.append("--json")
     argv += ["--seed", str(args.seed)]
-    return prove.main(argv)
+    if args.emit_programs is not None:
+        argv += ["--emit-programs", args.emit_programs]
+    # Counterexamples become programs (oracle's witness builder; specs/ does not import oracle/).
+    from ._internal.witness import program_for
+    return prove.main(argv, witness=program_for)
 
 
 if __name__ == "__main__":
