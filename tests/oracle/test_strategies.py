@@ -177,13 +177,16 @@ def test_default_distribution_reaches_the_edges():
     """The patterns that planted kernel bugs needed show up within a few hundred programs: a grown
     break written at once, then a fork; store / mprotect / store on one address; a mapping
     touched at once in an execve'd image; a load one page below a break; "shared" layouts.
-    (Hypothesis's mutations draw programs in clusters, hence several hundred examples.)"""
+    (Hypothesis's mutations draw programs in clusters, hence several hundred examples. The clusters
+    also make counts vary from run to run, so that a random run missed one rare pattern about one
+    time in six: the run is derandomized, which keeps it a check of the distribution that cannot flake.)"""
     seen = {"heap": 0, "tlb": 0, "exec-touch": 0, "below-break": 0, "shared-layout": 0}
 
     def touches(step, ref):
         return step is not None and step.op in ("load", "store") and step.args[0] == ref
 
-    @settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              derandomize=True)
     @given(programs())
     def collect(prog):
         for index, image in enumerate(prog.images):
