@@ -32,16 +32,20 @@ class GateCase:
 
 def _proof_cases() -> list[GateCase]:
     from ...specs import prove
-    results = prove.run(jobs=max(1, os.cpu_count() or 1))
+    from .witness import program_for
+    # A failed obligation's counterexample comes with the program that reaches it (or why none
+    # does), so the JUnit report carries something `forkspec replay` runs.
+    results = prove.run(jobs=max(1, os.cpu_count() or 1), witness=program_for)
     cases = []
     for r in results:
         # A skipped obligation is reported as skipped, with its reason, in every report
         # (never as a pass, never hidden); unknown and timeouts are failures.
         skipped = r.verdict == "skipped"
         ok = r.verdict == "proved" or skipped
-        cases.append(GateCase("proofs", r.obligation, ok, r.seconds,
-                              "" if r.verdict == "proved" else f"{r.verdict}: {r.counterexample or ''}".strip(),
-                              skipped=skipped))
+        message = "" if r.verdict == "proved" else f"{r.verdict}: {r.counterexample or ''}".strip()
+        if r.program:
+            message += "\n" + r.program
+        cases.append(GateCase("proofs", r.obligation, ok, r.seconds, message, skipped=skipped))
     return cases
 
 

@@ -55,3 +55,32 @@ def test_linux_reproducers_are_skipped_with_the_reason_where_linux_cannot_run(tm
     assert code == 0 and "1 skipped" in text
     skipped = junit.find(".//testcase/skipped")
     assert skipped is not None and "ptrace is not permitted" in skipped.get("message")
+
+
+def test_a_failed_proof_reaches_the_junit_report_with_its_program(tmp_path: Path, monkeypatch) -> None:
+    """A level-2 munmap that unmaps nothing fails its refinement obligation; the gate fails and the
+    JUnit failure carries the counterexample and the program that reaches it."""
+    from forkspec.model import design as d
+    from forkspec.oracle._internal import gate as gate_mod
+    from forkspec.oracle.encoding import loads
+    from forkspec.specs import prove
+
+    orig_munmap, orig_run = d.munmap, prove.run
+
+    def munmap_nothing(s, a, c):
+        allowed, out, _ = orig_munmap(s, a, c)
+        return allowed, out, s
+    monkeypatch.setattr(d, "munmap", munmap_nothing)
+    # In this process (isolated workers would not see the patch), one obligation.
+    monkeypatch.setattr(prove, "run", lambda **kw: orig_run(select="munmap-refines-level1", isolate=False, **kw))
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    out = io.StringIO()
+    code = gate_mod.run_gate(corpus_dir, examples=0, seed=0, junit=tmp_path / "gate.xml", proofs=True, out=out)
+    assert code == 1
+    failure = ET.parse(tmp_path / "gate.xml").getroot().find(".//testsuite[@name='proofs']/testcase/failure")
+    assert failure is not None
+    text = (failure.get("message") or "") + (failure.text or "")
+    assert "before:" in text
+    program_text = text[text.index("# forkspec-program v1"):]
+    assert any(step.op == "munmap" for step in loads(program_text).steps)
