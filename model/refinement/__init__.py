@@ -18,7 +18,8 @@ concrete: slot j holds pid PIDS[j], states/parents/zombie statuses agree, a runn
 memory is related, and a process level 1 has reaped is FREE or a zombie of the reaper at level 2.
 
 Modules: relation.py (R and the states it relates), mm.py (munmap, mprotect, brk, load, store
-in one process), tree.py (exit, wait4), fork.py (fork COW and eager, vfork, store after a fork),
+in one process), tree.py (exit, wait4), fork.py (fork COW and eager, vfork, load and store
+after a fork),
 exec.py (execve), mmap.py (mmap). From related states, when both levels allow the step, the
 outcomes are equal and the new states are related. Proved, each with a hypotheses-satisfiable
 twin (specs/obligations.with_vacuity_checks); the scope, and what is not covered:
@@ -26,6 +27,7 @@ twin (specs/obligations.with_vacuity_checks); the scope, and what is not covered
 - exit, wait4 (WNOHANG), fork, vfork: per level-1 tree shape with at most two processes before
   the step (SHAPES, a vfork in progress included) and each running caller; states of three
   processes (after a fork from a two-process shape) are not a source shape.
+- load in every two-process shape by each running caller (fork.load_obligations).
 - store after a fork (the copy-on-write break, the other process unchanged): the running-child
   shape, store by the parent; the other callers and the orphan shape are proved by tests (marked slow, run by CI).
   The sharing clauses R gained for fork are proved kept by fork, vfork, exit, wait4 and that

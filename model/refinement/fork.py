@@ -14,7 +14,8 @@ pid's older slot, FREE since level 2 allowed the pid, is then an absent slot):
 The caller is every running process of every shape (a vfork child may fork and vfork too). The child's
 pid is OTHER when the shape has one process, THIRD otherwise.
 
-Then the copy-on-write break (store_obligation): a store in a two-process shape, where the two may map
+Loads in every two-process shape (load_obligation): the caller reads its own frame's word, never the
+other process's. Then the copy-on-write break (store_obligation): a store in a two-process shape, where the two may map
 one frame (copy-on-write, or MAP_SHARED), is related: the other process keeps its word, or sees the
 new one at the same address of the same shared object, at both levels.
 
@@ -197,6 +198,45 @@ def store_obligations(shapes: tuple = STORE_SHAPES, callers: tuple = STORE_CALLE
             if run == "running" and pid in callers for page, part in STORE_PARTS]
 
 
+def load_obligation(shape: str, caller: int):
+    """A load by `caller` in a shape with two processes (after a fork: frames shared copy-on-write or
+    MAP_SHARED): the outcomes are equal. A load changes neither level's state (both transitions
+    return the very state they were given), so R after the step is R before; only the value or the
+    fault can differ. R is instantiated at the loaded page and address, as in store_obligation."""
+    from ...specs.abi import TASK_SIZE
+    from ...specs.obligations import Ctx, Obligation, invariants_hold
+    from ..logic import bor, ite
+    from ..memory import READ
+    from .mm import _access_outcome
+    from .relation import word1
+
+    def build() -> tuple:
+        import z3
+        layout = layout_of(shape)
+        s2, s1, ctx = _tree_states(shape, layout, pin=True)
+        va = z3.BitVec("refine.va", 64)
+        allowed2, out2, new2 = d.load(s2, d.AccessArgs(caller, va), d.Choice())
+        assert new2 is s2, "level 2's load changes no state"
+        fault1 = _access_outcome(s1, caller, va, READ)
+        out1 = ite(eq(fault1, 0), word1(s1, caller, va), bor(1 << 32, fault1))
+        page = d.vpn_of(va)
+        before = _instances(tree_related(s2, s1, layout), (page,), (va,))
+        keys = (page,) + tuple(p.pt.get(page)[0] for p in s2.procs)
+        hyps = [_instances(inv, keys, ()) for inv in invariants_hold(s2)] + [
+            before, d._as_bool(allowed2), z3.And(d._as_bool(d.is_page_aligned(va)), z3.ULT(va, TASK_SIZE))] \
+            + list(ctx.facts)
+        return hyps, d._as_bool(eq(out1, out2)), Ctx({"before": s2}, {"va": va, "outcome (level 2)": out2,
+                                                                     "outcome (level 1)": out1})
+    label = f"{shape}-by-{'root' if caller == ROOT else 'other'}"
+    return Obligation(f"load-refines-level1[{label}]", "refine", build, tactic="push-ite")
+
+
+def load_obligations() -> list:
+    """Every running caller of every shape with two processes (one process: mm.access_obligation)."""
+    return [load_obligation(shape, pid) for shape, procs in SHAPES.items() if len(procs) > 1
+            for pid, _, run, _ in procs if run == "running"]
+
+
 def obligations() -> list:
     return [fork_obligation(kind, shape, caller) for kind in KINDS for shape, caller in sources()] \
-        + store_obligations()
+        + store_obligations() + load_obligations()

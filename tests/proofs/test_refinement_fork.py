@@ -248,3 +248,38 @@ def test_store_without_copy_on_write_is_refuted(monkeypatch):
     other process's word changes at level 2, not at level 1."""
     monkeypatch.setattr(d, "refcount_of", lambda s, f: 1)
     assert refuted(BY_NAME["store-refines-level1[running-child-by-root-other-page-other-process]"])
+
+
+# --- loads in two-process shapes ------------------------------------------------------------------
+
+LOAD_NAMES = [o.name for o in rf.load_obligations()]
+
+
+def test_every_two_process_shape_has_a_load_obligation_per_running_caller():
+    want = {(shape, pid) for shape, procs in rel.SHAPES.items() if len(procs) > 1
+            for pid, _, run, _ in procs if run == "running"}
+    assert len(LOAD_NAMES) == len(want) >= 6
+
+
+@pytest.mark.parametrize("name", LOAD_NAMES)
+def test_load_in_two_process_shape_proved(name):
+    res = prove_one(BY_NAME[name])
+    assert res.verdict == PROVED, res.counterexample
+
+
+@pytest.mark.parametrize("shape, caller", [("running-child", rel.ROOT), ("orphan", rel.OTHER)])
+def test_a_load_reading_the_other_process_is_refuted(monkeypatch, shape, caller):
+    orig = d.load
+    monkeypatch.setattr(d, "load", lambda s, a, c: _load_other_process_with(orig, s, a, c))
+    assert refuted(rf.load_obligation(shape, caller))
+
+
+def _load_other_process_with(orig, s, a, c):
+    """A load that reads the word of the other process's frame at the same page (a page-table mix-up)."""
+    allowed, out, new = orig(s, a, c)
+    _, me = d.find_proc(s, a.pid)
+    others = [p for p in s.procs if p is not me]
+    pte = others[0].pt.get(d.vpn_of(a.va))
+    wrong = d.ite(d.pte_mapped(pte), s.frames.get(pte[0])[2], 0)
+    fault = d.any_of(d.eq(out, d.FAULT_MAPERR), d.eq(out, d.FAULT_ACCERR))
+    return allowed, d.ite(fault, out, wrong), new
