@@ -19,8 +19,7 @@ memory is related, and a process level 1 has reaped is FREE or a zombie of the r
 
 Modules: relation.py (R and the states it relates), mm.py (munmap, mprotect, brk, load, store
 in one process), tree.py (exit, wait4), fork.py (fork COW and eager, vfork, load and store
-after a fork),
-exec.py (execve), mmap.py (mmap). From related states, when both levels allow the step, the
+after a fork), exec.py (execve), mmap.py (mmap). From related states, when both levels allow the step, the
 outcomes are equal and the new states are related. Proved, each with a hypotheses-satisfiable
 twin (specs/obligations.with_vacuity_checks); the scope, and what is not covered:
 - munmap, mprotect, brk, load, store: one process; loads and stores are 8-byte, page-aligned.
