@@ -79,14 +79,19 @@ def test_hypotheses_satisfiable(kind, shape, caller):
     pte = p.pt.get(k)
     witness = z3.And(d._as_bool(d.pte_present(pte)), z3.Not(d._as_bool(d.find_vma(p.vmas, k)[2])),
                      s2.frames.get(pte[0])[2] != 0)
-    solver = z3.Solver()
-    solver.set("rlimit", 200_000_000)
-    solver.set("smt.random_seed", 0)
-    solver.add(*hyps, witness)
-    assert solver.check() == z3.sat
+    assert satisfiable(hyps, witness, rlimit=200_000_000)
 
 
 # --- broken level-2 forks (test-only) -----------------------------------------------------------------
+
+def satisfiable(hyps: list, witness, rlimit: int) -> bool:
+    """The hypotheses hold together with `witness` (a state feature that makes the check meaningful)."""
+    solver = z3.Solver()
+    solver.set("rlimit", rlimit)
+    solver.set("smt.random_seed", 0)
+    solver.add(*hyps, witness)
+    return solver.check() == z3.sat
+
 
 def refuted(o, rlimit: int = 100_000_000) -> bool:
     """A counterexample to the obligation among small states (maps with two entries, as prove_one's
@@ -236,11 +241,7 @@ def test_store_hypotheses_satisfiable_with_a_frame_shared_copy_on_write():
     witness = z3.And(d._as_bool(d.pte_present(pte)), z3.Not(d._as_bool(d.pte_writable(pte))),
                      z3.Not(d._as_bool(d.find_vma(root.vmas, k)[2])), d._as_bool(other.rmap.get(pte[0])[0]),
                      s2.frames.get(pte[0])[2] != 0)
-    solver = z3.Solver()
-    solver.set("rlimit", 400_000_000)
-    solver.set("smt.random_seed", 0)
-    solver.add(*hyps, witness)
-    assert solver.check() == z3.sat
+    assert satisfiable(hyps, witness, rlimit=400_000_000)
 
 
 def test_store_without_copy_on_write_is_refuted(monkeypatch):
