@@ -2,7 +2,7 @@
 
 Level 1's execve is concrete in the image: it parses the ELF bytes and builds the new address space
 in Python (model/exec.py: new_space, load_image). So the obligations ENUMERATE representative
-images, one per layout oracle/_internal/elf.py writes for the code generator (split, shared, single;
+images, one per layout the code generator writes (specs/elf.py) (split, shared, single;
 with and without bss, whose tail on the last file page the loader zeroes over the file's trailer
 bytes; ET_EXEC at its link address and ET_DYN at a load bias) and two layouts per image:
 - "linux": the Linux profile with no kernel region in the layout, and a randomised break above the
@@ -40,12 +40,12 @@ Not covered, and why:
 from __future__ import annotations
 
 import dataclasses
-import struct
 from typing import Any
 
 import z3
 
 from ...specs.abi import PAGE_SHIFT, PAGE_SIZE
+from ...specs.elf import ET_DYN, ET_EXEC, PF_R, PF_W, PF_X, Segment, write_elf
 from ...specs.profiles import LEVITATE, LINUX, levitate_stack_range
 from ...specs.trace import Layout
 from .. import design as d
@@ -54,39 +54,14 @@ from ..state import ATTR_PROT
 from .relation import ROOT, SHAPES, _tree_states, layout_of, reaper_related, slot_related, tree_related
 
 # --- the representative images ---------------------------------------------------------------------
-# The same bytes oracle/_internal/elf.py's write_elf lays out (tests/proofs/test_refinement_exec.py
-# checks byte equality; model/ may not import oracle/): header, program headers (PT_LOAD per segment,
-# PT_GNU_STACK rw), each segment's bytes at the smallest offset congruent to its vaddr, a trailer.
+# Written by specs/elf.py's write_elf, the writer the code generator uses (PT_LOAD per segment,
+# PT_GNU_STACK rw, each segment's bytes at the smallest offset congruent to its vaddr, a trailer).
 
-ET_EXEC, ET_DYN = 2, 3
-PF_X, PF_W, PF_R = 1, 2, 4
 EXEC_BASE = 0x40_0000
 DYN_BIAS = 0x5555_5555_4000
 CODE = b"\xb8\x3c\x00\x00\x00\x31\xff\x0f\x05"     # mov eax, 60; xor edi, edi; syscall (the code's tail)
 TEXT_HEAD = b"\xc3" + b"\xcc" * 15                  # codegen's ret gadget and int3 padding
 DATA = b"forkspec" + bytes(8) + (0x1234).to_bytes(8, "little") + bytes(8)   # marker, a table
-
-
-def write_image(segments: list[tuple[int, bytes, int, int]], entry: int, etype: int, trailer: bytes = b"") -> bytes:
-    """An ELF image (elf.py's layout) of segments (vaddr, file bytes, memsz, PF_* flags)."""
-    phnum = len(segments) + 1
-    cursor = 64 + 56 * phnum
-    placed = []
-    for vaddr, data, memsz, flags in segments:
-        offset = cursor + ((vaddr - cursor) % PAGE_SIZE)
-        placed.append((offset, vaddr, data, memsz, flags))
-        cursor = offset + len(data)
-    image = bytearray(cursor) + trailer
-    for offset, _, data, _, _ in placed:
-        image[offset:offset + len(data)] = data
-    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-    image[0:64] = ident + struct.pack("<HHIQQQIHHHHHH", etype, 62, 1, entry, 64, 0, 0, 64, 56, phnum, 0, 0, 0)
-    at = 64
-    for offset, vaddr, data, memsz, flags in placed:
-        image[at:at + 56] = struct.pack("<IIQQQQQQ", 1, flags, offset, vaddr, vaddr, len(data), memsz, PAGE_SIZE)
-        at += 56
-    image[at:at + 56] = struct.pack("<IIQQQQQQ", 0x6474E551, PF_R | PF_W, 0, 0, 0, 0, 0, 16)
-    return bytes(image)
 
 
 def _align(n: int, to: int) -> int:
@@ -123,7 +98,7 @@ IMAGES = {
 def image_bytes(name: str) -> bytes:
     etype, layout, bss = IMAGES[name]
     segments, entry, trailer = image_segments(etype, layout, bss)
-    return write_image(segments, entry, etype, trailer)
+    return write_elf([Segment(*segment) for segment in segments], entry, etype, trailer=trailer)
 
 
 def exec_layout(name: str, profile: str) -> Layout:
@@ -257,5 +232,5 @@ def obligations() -> list:
     return [exec_obligation(*case) for case in cases()]
 
 
-__all__ = ["IMAGES", "image_bytes", "image_segments", "write_image", "exec_layout", "exec_args", "exec_step",
+__all__ = ["IMAGES", "image_bytes", "image_segments", "exec_layout", "exec_args", "exec_step",
            "exec_obligation", "obligations", "cases"]
