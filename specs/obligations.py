@@ -35,6 +35,10 @@ class Obligation:
     skip: str | None = None                     # reason, when it cannot be discharged yet
     tactic: str = "smt"                         # smt; ematching (no MBQI); push-ite (simplify first); bitblast
     pin: bool = False                           # sat checks: search pinned witnesses first (see pin())
+    # Refinement obligations: a feature of the before-state (Ctx -> Z3 bool) that the vacuity twin
+    # must find together with the hypotheses, so "satisfiable" is not met by empty memory alone.
+    feature: Callable[["Ctx"], Any] | None = None
+    feature_entries: int = 1                    # ... searched among states with maps of this many entries
 
 
 @dataclass
@@ -488,11 +492,34 @@ VACUITY_SUFFIX = "-hypotheses-satisfiable"
 
 def hypotheses_satisfiable(o: Obligation) -> Obligation:
     """`<name>-hypotheses-satisfiable`: the hypotheses of o hold together, so o is not proved
-    vacuously (issue 2). Generated for every refinement obligation (with_vacuity_checks)."""
+    vacuously (issue 2), and together with o.feature when it has one. Generated for every
+    refinement obligation (with_vacuity_checks)."""
     def build() -> tuple:
         hyps, _, ctx = o.build()
         return hyps, z3.BoolVal(True), ctx
     return Obligation(f"{o.name}{VACUITY_SUFFIX}", "sat", build, expect="sat", skip=o.skip, pin=True)
+
+
+FEATURE_SUFFIX = "-hypotheses-satisfiable-with-feature"
+
+
+def hypotheses_satisfiable_with_feature(o: Obligation) -> Obligation:
+    """`<name>-hypotheses-satisfiable-with-feature`: o's hypotheses hold together with o.feature (a
+    state that makes o's contents clauses meaningful: a populated page, a shared frame), decided
+    among small states (a model of those is a model of the hypotheses; the fewer entries, the
+    faster, as long as the feature fits: o.feature_entries). Too slow for the proof
+    suite's budget (3-9 s each for fork in two-process shapes, measured); tests prove them, each in
+    a process of its own (prove.run_measured(source=feature_checks))."""
+    def build() -> tuple:
+        with small_states(o.feature_entries):
+            hyps, _, ctx = o.build()
+        return hyps, o.feature(ctx), ctx
+    return Obligation(f"{o.name}{FEATURE_SUFFIX}", "sat", build, expect="sat", skip=o.skip)
+
+
+def feature_checks() -> list[Obligation]:
+    """The with-feature satisfiability check of every refinement obligation that declares a feature."""
+    return [hypotheses_satisfiable_with_feature(o) for o in all_obligations() if o.feature is not None]
 
 
 def with_vacuity_checks(obs: list[Obligation]) -> list[Obligation]:

@@ -51,7 +51,7 @@ from ...specs.trace import Layout
 from .. import design as d
 from ..logic import eq
 from ..state import ATTR_PROT
-from .relation import ROOT, SHAPES, _tree_states, layout_of, reaper_related, slot_related, tree_related
+from .relation import ROOT, SHAPES, _tree_states, layout_of, populated_page, reaper_related, slot_related, tree_related
 
 # --- the representative images ---------------------------------------------------------------------
 # Written by specs/elf.py's write_elf, the writer the code generator uses (PT_LOAD per segment,
@@ -205,7 +205,9 @@ def exec_obligation(shape: str, caller: int, image: str, profile: str, part: str
     label = f"{image}-{profile}-{shape}-by-{who}" + (f"-{part}" if part else "")
     # Pattern instantiation only: with MBQI two-process shapes answered unknown within 10 s on some
     # seeds; without it every obligation here is proved on seeds 0-9.
-    return Obligation(f"execve-refines-level1[{label}]", "refine", build, tactic="ematching")
+    return Obligation(f"execve-refines-level1[{label}]", "refine", build, tactic="ematching",
+                      # the image's pages and the old page need two entries per map
+                      feature=populated_page(caller, private=False), feature_entries=2)
 
 
 # Which (image, profile, shape, caller) combinations are proved, each part where it varies: every

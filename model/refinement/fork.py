@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from .. import design as d
 from ..logic import eq
-from .relation import OTHER, ROOT, SHAPES, THIRD, _tree_states, layout_of, tree_related
+from .relation import OTHER, ROOT, SHAPES, THIRD, _tree_states, layout_of, populated_page, tree_related
 
 KINDS = ("fork_cow", "fork_eager", "vfork")
 
@@ -76,7 +76,20 @@ def fork_obligation(kind: str, shape: str, caller: int, fn=None):
         return hyps, goal, Ctx({"before": s2, "after": new2},
                                {"child pid": choice.pid, "outcome (level 2)": out2, "outcome (level 1)": r1.outcome})
     label = f"{shape}-by-{'root' if caller == ROOT else 'other'}"
-    return Obligation(f"{kind}-refines-level1[{label}]", "refine", build)
+    return Obligation(f"{kind}-refines-level1[{label}]", "refine", build, feature=populated_page(caller))
+
+
+def _copy_on_write_page(ctx):
+    """Vacuity feature of a store in a two-process shape: the caller's stored page maps, read-only, a
+    private frame the other process maps too and that holds a non-zero word (the copy-on-write case)."""
+    import z3
+    s2 = ctx.states["before"]
+    k = d.vpn_of(ctx.args["va"])
+    caller, other = s2.procs[0], s2.procs[1]
+    pte = caller.pt.get(k)
+    return z3.And(d._as_bool(d.pte_present(pte)), z3.Not(d._as_bool(d.pte_writable(pte))),
+                  z3.Not(d._as_bool(d.find_vma(caller.vmas, k)[2])), d._as_bool(other.rmap.get(pte[0])[0]),
+                  s2.frames.get(pte[0])[2] != 0)
 
 
 def sources() -> list[tuple[str, int]]:
@@ -187,7 +200,8 @@ def store_obligation(shape: str, caller: int, page: str, part: str = ""):
                                {"va": va, "value": value, "frame": frame, "at": at, "page": kx,
                                 "outcome (level 2)": out2, "outcome (level 1)": out1})
     label = f"{shape}-by-{'root' if caller == ROOT else 'other'}-{page}" + (f"-{part}" if part else "")
-    return Obligation(f"store-refines-level1[{label}]", "refine", build, tactic="push-ite")
+    return Obligation(f"store-refines-level1[{label}]", "refine", build, tactic="push-ite",
+                      feature=_copy_on_write_page if caller == ROOT and page == "other-page" and not part else None)
 
 
 STORE_PARTS = (("same-page", ""), ("other-page", "caller"), ("other-page", "other-process"), ("other-page", ""))
@@ -196,6 +210,12 @@ STORE_PARTS = (("same-page", ""), ("other-page", "caller"), ("other-page", "othe
 def store_obligations(shapes: tuple = STORE_SHAPES, callers: tuple = STORE_CALLERS) -> list:
     return [store_obligation(shape, pid, page, part) for shape in shapes for pid, _, run, _ in SHAPES[shape]
             if run == "running" and pid in callers for page, part in STORE_PARTS]
+
+
+def every_store_obligation() -> list:
+    """The store obligations of every two-process shape and running caller (the proof suite proves
+    STORE_SHAPES x STORE_CALLERS; tests prove these, each in a process of its own)."""
+    return store_obligations(("running-child", "orphan"), (ROOT, OTHER))
 
 
 def load_obligation(shape: str, caller: int):

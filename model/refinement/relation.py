@@ -288,3 +288,17 @@ def tree_related(s2: d.KState, s1: Any, layout: tuple | None = None, at: Any = N
              for n, (a, i) in enumerate(running) for b, j in running[n + 1:]]
     return z3.And(reaper_related(s2, layout), *[slot_related(s2, s1, layout, j, at) for j in range(len(layout))],
                   *pairs)
+
+
+def populated_page(caller: int, private: bool = True):
+    """A vacuity feature (Obligation.feature): in the before-state the caller maps a page (a private
+    one, with `private`) whose frame holds a non-zero word, so a refinement's contents clauses are
+    checked against real contents, not only against empty memory."""
+    def feature(ctx: Any) -> Any:
+        s2 = ctx.states["before"]
+        _, p = d.find_proc(s2, caller)
+        k = z3.BitVec("vacuity.k", 64)
+        pte = p.pt.get(k)
+        private_there = z3.Not(d._as_bool(d.find_vma(p.vmas, k)[2])) if private else z3.BoolVal(True)
+        return z3.And(d._as_bool(d.pte_present(pte)), private_there, s2.frames.get(pte[0])[2] != 0)
+    return feature
