@@ -28,6 +28,10 @@ from .state import (ATTR_SIGBUS, ATTR_WIPEONFORK, ATTR_GROWSDOWN, ATTR_MAPPED, A
 EINVAL, EBADF, ENOMEM, EPERM, EEXIST, EAGAIN = (Errno.EINVAL, Errno.EBADF, Errno.ENOMEM, Errno.EPERM,
                                                Errno.EEXIST, Errno.EAGAIN)
 THP_PAGES = THP_SIZE >> PAGE_SHIFT
+# MAP_SHARED backing object ids are 32 bits (ATTR_OBJ): a mapping that would leave next_obj at
+# OBJ_LIMIT is refused, a declared limit of the model (Linux has none, but runs out of memory long
+# before 2^32 shmem objects): there only ENOMEM is allowed (specs/invariants1.py needs the bound).
+OBJ_LIMIT = 1 << 32
 
 
 @dataclass(frozen=True)
@@ -263,10 +267,11 @@ def mmap(state: State, args: MmapArgs, choice: MmapChoice = MmapChoice()) -> Res
         (ne(choice.fail, 0), choice.fail, "mmap.resource"),                     # ENOMEM/EAGAIN: overcommit, frames, mlock limit
     ])
     allowed: Any = True
+    at_obj_limit = all_of(is_shared_type, uge(state.next_obj, OBJ_LIMIT - 1))    # ENOMEM: object ids exhausted
     if is_true(bad):
         if clause == "mmap.resource":
             allowed = resource_failure_allowed(state, choice.fail, npages) or (
-                choice.fail == EAGAIN and bool(flags & MAP_LOCKED))
+                choice.fail == EAGAIN and bool(flags & MAP_LOCKED)) or (choice.fail == ENOMEM and at_obj_limit)
         return Result(allowed, err, state, clause, "" if allowed else "success (below the profile's resource limits)")
 
     lo = page_number(start)
@@ -280,10 +285,13 @@ def mmap(state: State, args: MmapArgs, choice: MmapChoice = MmapChoice()) -> Res
     new_space = sp.with_(pages=sp.pages.set(lo, hi, attr), data=sp.data.zero(lo, hi), mmap_base=base)
     new = state.with_space(args.pid, new_space).with_(next_obj=ite(is_shared_type, add(obj, 1), obj))
     clause = ite(fixed, "mmap.fixed", ite(use_hint, "mmap.hint", "mmap.placed")) if not is_sym(fixed, use_hint) else "mmap.ok"
-    if is_sym(bad0, err_value, bad, pick_allowed, start):
+    if is_sym(bad0, err_value, bad, pick_allowed, start, at_obj_limit):
         failed = any_of(bad0, err_value, bad)
         outcome = ite(bad0, err0, ite(err_value, addr, ite(bad, err, start)))
-        return Result(all_of(pick_allowed, True), outcome, ite(failed, state, new), "symbolic", start=start)
+        allowed = all_of(pick_allowed, any_of(failed, not_(at_obj_limit)))
+        return Result(allowed, outcome, ite(failed, state, new), "symbolic", start=start)
+    if at_obj_limit:
+        return Result(False, start, new, clause, "-ENOMEM (MAP_SHARED object ids exhausted: the model's OBJ_LIMIT)")
     expected = ""
     if not pick_allowed:
         want = predicted_placement(state, args.pid, length_al, thp) \
@@ -516,5 +524,5 @@ def _brk_symbolic(state: State, args: BrkArgs, sp: Any, newbrk: Any, oldbrk: Any
     return Result(True, ite(refused, old_brk, new_brk), ite(refused, state, new), "symbolic")
 
 
-__all__ = ["MmapArgs", "MmapChoice", "MunmapArgs", "MprotectArgs", "BrkArgs", "ResourceChoice",
+__all__ = ["MmapArgs", "MmapChoice", "MunmapArgs", "MprotectArgs", "BrkArgs", "ResourceChoice", "OBJ_LIMIT",
            "mmap", "munmap", "mprotect", "brk", "predicted_placement", "round_hint", "resource_failure_allowed"]

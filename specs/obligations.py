@@ -543,7 +543,9 @@ def all_obligations() -> list[Obligation]:
     obs.append(all_invariants_satisfiable())
     obs += [lemma for lemma in LEMMAS]
     obs += refinement_obligations()
-    return with_vacuity_checks(obs)
+    # Level-1 invariants (specs/invariants1.py): each already followed by its sat twin.
+    from .invariants1 import obligations as level1_obligations
+    return with_vacuity_checks(obs) + level1_obligations()
 
 
 __all__ = ["Obligation", "Ctx", "TRANSITIONS", "Transition", "all_obligations", "preserves", "sym_state",

@@ -15,14 +15,14 @@ resource failure chosen (level 1's MmapChoice.fail = 0; level 2 has none). Every
 
 Hypothesis beyond R, the invariants and `allowed` (`fresh_object_unused`): level 1's next backing
 object next_obj reads zero and its id fits the 32-bit ATTR_OBJ field. fresh_state leaves the shared
-store unconstrained, so without it a new MAP_SHARED mapping could read old data. It is the instance
-at next_obj of an inductive level-1 invariant: every object id >= next_obj (below 2^32) is all
-zero, and every MAP_SHARED page names an object below next_obj. Level 1 writes shared contents only
-through a mapped page's object (memory.store_page); mmap is the only transition that advances
-next_obj (by one, past an object still zero); the others neither write objects nor change next_obj;
-reaching 2^32 objects takes 2^32 MAP_SHARED calls. Level 1 has no invariant-proof harness yet:
-tests/proofs/test_refinement_mmap.py checks the fact after random concrete level-1 runs; a
-symbolic preservation proof over the level-1 transitions is where it belongs (not done).
+store unconstrained, so without it a new MAP_SHARED mapping could read old data. It is proved, not
+assumed: it is the instance at next_obj of the level-1 invariant inv1_fresh_objects_unused
+(specs/invariants1.py: next_obj < OBJ_LIMIT, every object id >= next_obj reads zero, every mapped
+MAP_SHARED page names an object below next_obj), which holds initially and is kept by every level-1
+transition the oracle runs on memory (`level1-*-preserves-inv1_fresh_objects_unused`), and implies
+the instance at every address (`level1-inv1_fresh_objects_unused-implies-fresh_object_unused`). The
+bound is level 1's own: its mmap refuses (only ENOMEM is allowed) a MAP_SHARED mapping that would
+leave next_obj at OBJ_LIMIT (model/mm.py), a case the outcome parts exclude by level 1's `allowed`.
 
 The proof is a chain of obligations, each hypothesis of a later one proved by an earlier one:
 - outcome-fixed, outcome-placed: the outcomes are equal (MAP_FIXED or not: the two cases apart);
@@ -30,7 +30,8 @@ The proof is a chain of obligations, each hypothesis of a later one proved by an
   maps the new pages onto free frames) that the contents clause needs;
 - attrs: R's VMA attributes and break after the step, from R before and equal outcomes;
 - contents: R's contents clause after the step at every page-aligned address `at`, from the clause
-  before at `at`, equal outcomes, the instances and fresh_object_unused at `at`.
+  before at `at`, equal outcomes, the instances and fresh_object_unused at `at` (proved from the
+  level-1 invariant, above).
 In each, level 1's start is generalised to a free constant (only `MAP_FIXED => start = addr` is
 kept), so the proof holds for any placement, and quantifier instantiation stays small: about 1.5 s
 for the five together (`forkspec prove -k mmap-refines`).
@@ -49,12 +50,13 @@ from .relation import PID, _states, contents_at, related
 
 SCOPE = "no-growsdown-droppable-resource-failure"
 PARTS = ("outcome-fixed", "outcome-placed", "instances", "attrs", "contents")
-OBJ_LIMIT = 1 << 32         # ATTR_OBJ holds 32 bits of object id
+OBJ_LIMIT = mm1.OBJ_LIMIT   # ATTR_OBJ holds 32 bits of object id
 
 
 def fresh_object_unused(s1: Any, at: Any = None) -> Any:
     """Level 1's next backing object is unused: its id fits ATTR_OBJ and it reads zero everywhere
-    (given `at`: at the 8 bytes from `at`, the instance the contents clause uses)."""
+    (given `at`: at the 8 bytes from `at`, the instance the contents clause uses). Implied by the
+    level-1 invariant specs/invariants1.inv1_fresh_objects_unused (a proved lemma)."""
     from ..space import BYTE_SORT, WORD_SORT
     obj = z3.Select(s1.shared.array, s1.next_obj)
     if at is None:

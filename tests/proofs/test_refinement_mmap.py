@@ -1,22 +1,19 @@
 """mmap's refinement level 2 -> level 1: the obligations prove; a level-2 mmap broken on purpose is
 refuted (which also shows the hypotheses of that obligation can hold together); the level-1 fact
-the proof assumes (the next backing object is unused) holds after random concrete level-1 runs; and
-the two levels give the same outcome on concrete calls that exercise each check."""
+the proof assumes (the next backing object is unused) is proved from a level-1 invariant (tests:
+test_invariants1.py); and the two levels give the same outcome on concrete calls that exercise each
+check."""
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from forkspec.model import design as d
-from forkspec.model import memory
 from forkspec.model import mm as mm1
 from forkspec.model.refinement import mmap as rmmap
 from forkspec.model.space import PageData, PageMap, SharedStore
-from forkspec.model.state import ATTR_SHARED, REAPER, AddressSpace, Fault, Process, State
-from forkspec.model.predicates import obj_of
+from forkspec.model.state import REAPER, AddressSpace, Process, State
 from forkspec.specs.abi import (MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_PRIVATE,
                                 MAP_SHARED, PAGE_SIZE, U64)
 from forkspec.specs.profiles import LINUX
@@ -86,7 +83,9 @@ def test_broken_level2_is_refuted(breaker, part):
     assert "before:" in res.counterexample
 
 
-# --- the level-1 fact the proof assumes -------------------------------------------------------------
+# --- level-1 states ------------------------------------------------------------------------------------
+# The level-1 fact the contents part assumes (fresh_object_unused) is proved from the level-1 invariant
+# inv1_fresh_objects_unused: tests/proofs/test_invariants1.py (which also runs random concrete runs).
 
 BASE = 0x10_0000
 
@@ -95,40 +94,6 @@ def _level1_state() -> State:
     space = AddressSpace(pages=PageMap(), data=PageData(), start_brk=0x1000_0000, brk=0x1000_0000)
     return State(profile=LINUX, procs={PID: Process(PID, REAPER, "root", 0)}, spaces={0: space},
                  shared=SharedStore(), reaper=1, root=PID)
-
-
-def _next_object_unused(s: State) -> bool:
-    """Every object at or above next_obj reads zero, next_obj fits ATTR_OBJ, and every MAP_SHARED page
-    names an object below next_obj (the inductive form of rmmap.fresh_object_unused)."""
-    sp = s.space_of(PID)
-    pages_ok = all(obj_of(a) < s.next_obj for _, _, a in sp.pages.iter_runs() if a & ATTR_SHARED)
-    objs_ok = all(not data.pages for obj, data in s.shared.objs.items() if obj >= s.next_obj)
-    return pages_ok and objs_ok and s.next_obj < rmmap.OBJ_LIMIT
-
-
-OPS = st.lists(st.tuples(st.sampled_from(["mmap-shared", "mmap-private", "store", "munmap"]),
-                         st.integers(0, 5), st.integers(1, 3), st.integers(0, U64)), min_size=1, max_size=12)
-
-
-@settings(max_examples=60, deadline=None)
-@given(OPS)
-def test_next_object_stays_unused_on_concrete_runs(ops):
-    s = _level1_state()
-    assert _next_object_unused(s)
-    for op, page, npages, value in ops:
-        addr = BASE + page * P
-        if op.startswith("mmap"):
-            flags = MAP_ANONYMOUS | MAP_FIXED | (MAP_SHARED if op == "mmap-shared" else MAP_PRIVATE)
-            r = mm1.mmap(s, mm1.MmapArgs(PID, addr, npages * P, 3, flags), mm1.MmapChoice())
-        elif op == "store":
-            r = memory.store(s, PID, addr + 8 * (value % 8), value)
-            if isinstance(r.outcome, Fault):
-                continue
-        else:
-            r = mm1.munmap(s, mm1.MunmapArgs(PID, addr, npages * P))
-        assert r.allowed
-        s = r.state
-        assert _next_object_unused(s)
 
 
 # --- the two levels agree on concrete calls exercising each check -----------------------------------
