@@ -310,7 +310,7 @@ def format_table(results: Sequence[ProofResult]) -> str:
     lines.append("")
     vacuity = sum(r.obligation.endswith(VACUITY_SUFFIX) for r in results)
     lines.append(f"{proved} proved, {len(bad)} not proved, {skipped} skipped, {len(results)} obligations "
-                 f"({vacuity} of them hypotheses-satisfiable checks of refinement obligations), {total:.1f} s")
+                 f"({vacuity} of them hypotheses-satisfiable checks), {total:.1f} s")
     return "\n".join(lines)
 
 

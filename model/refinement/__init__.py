@@ -22,7 +22,9 @@ in one process), tree.py (exit, wait4), fork.py (fork COW and eager, vfork, load
 after a fork), exec.py (execve), mmap.py (mmap). From related states, when both levels allow the step, the
 outcomes are equal and the new states are related. Proved, each with a hypotheses-satisfiable
 twin (specs/obligations.with_vacuity_checks); the scope, and what is not covered:
-- munmap, mprotect, brk, load, store: one process; loads and stores are 8-byte, page-aligned.
+- munmap, mprotect, brk, load, store: one process; loads and stores are 8-byte, page-aligned;
+  the contents clause after mprotect is an obligation of its own (mm.contents_obligation); after
+  munmap and brk it is not proved (Z3 answers unknown on some seeds: mm's docstring).
 - exit, wait4 (WNOHANG), fork, vfork: per level-1 tree shape with at most two processes before
   the step (SHAPES, a vfork in progress included) and each running caller; states of three
   processes (after a fork from a two-process shape) are not a source shape.
@@ -35,8 +37,9 @@ twin (specs/obligations.with_vacuity_checks); the scope, and what is not covered
   levitate layouts and per shape (a vfork child's execve unblocks its parent); the segments are
   taken from level 1's result; Linux's growsdown [stack] and [vdso]/[vvar] are not related.
 - mmap: outside MAP_GROWSDOWN, MAP_DROPPABLE and resource failures (mmap.SCOPE), with level 1's
-  placement as level 2's choice; it assumes level 1's next backing object reads zero
-  (mmap.fresh_object_unused), a level-1 fact tested on random runs, not proved.
+  placement as level 2's choice; its hypothesis that level 1's next backing object reads zero
+  (mmap.fresh_object_unused) is proved from the level-1 invariant inv1_fresh_objects_unused
+  (specs/invariants1.py: initial, preserved by every level-1 memory transition, implies it).
 
 SKIPPED and SKIP_REASON list obligations not proved yet (none today).
 """

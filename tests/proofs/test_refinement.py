@@ -9,8 +9,8 @@ import pytest
 from forkspec.model import design as d
 from forkspec.model import refinement as r
 from forkspec.model.refinement import mm as rmm
-from forkspec.specs.obligations import small_states
-from forkspec.specs.prove import FAILED, PROVED, prove_one, run_measured
+from forkspec.specs.obligations import FEATURE_SUFFIX, feature_checks, small_states
+from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, run_measured
 
 BY_NAME = {o.name: o for o in r.obligations()}
 
@@ -27,7 +27,7 @@ def test_skipped_ones_say_why():
             assert len(o.skip) > 40 and o.name.split("-")[0] in r.SKIPPED
 
 
-PROVED_HERE = ["load-refines-level1", "store-refines-level1[other-page]", "store-refines-level1[same-page]",
+PROVED_HERE = ["mprotect-refines-level1[contents]", "load-refines-level1", "store-refines-level1[other-page]", "store-refines-level1[same-page]",
                "exit-refines-level1[running-child-by-root]", "exit-refines-level1[zombie-child-by-root]",
                "wait4-refines-level1[zombie-child-by-root-for-other]",
                "wait4-refines-level1[running-child-by-root-for-other]"]
@@ -91,7 +91,20 @@ def _wait4_echild_for_running(orig):
     return broken
 
 
+def _mprotect_drops_pages(orig):
+    """mprotect that also unmaps the range's PTEs (the VMAs keep them): level 2 then reads 0 there."""
+    def broken(s, a, c):
+        allowed, out, new = orig(s, a, c)
+        lo, hi = d.vpn_of(a.addr), d.vpn_of(d.add(a.addr, d.page_align_up(a.length)))
+        in_range = lambda k: d.all_of(d.ule(lo, k), d.ult(k, hi))  # noqa: E731
+        procs = tuple(dataclasses.replace(p, pt=d.unmap_pages(p, in_range)[0], rmap=d.unmap_pages(p, in_range)[1])
+                      for p in new.procs)
+        return allowed, out, dataclasses.replace(new, procs=procs)
+    return broken
+
+
 @pytest.mark.parametrize("attr, breaker, name", [
+    ("mprotect", _mprotect_drops_pages, "mprotect-refines-level1[contents]"),
     ("store", _store_off_by_one, "store-refines-level1[same-page]"),
     ("store", _store_everywhere, "store-refines-level1[other-page]"),
     ("load", _load_maperr_for_accerr, "load-refines-level1"),
@@ -156,3 +169,17 @@ def test_concrete_access_matches_the_generic_core(prots, shared, page, value):
         assert loaded.outcome.si_code == read_fault != 0
     else:
         assert read_fault == 0 and loaded.outcome.value == value
+
+
+# --- vacuity with a feature: the contents obligations hold with a populated private page ------------
+
+MM_FEATURE_CHECKS = sorted(o.name for o in feature_checks() if o.name.split("-")[0] in ("munmap", "mprotect", "brk"))
+
+
+def test_the_mprotect_contents_obligation_declares_a_feature():
+    assert MM_FEATURE_CHECKS == ["mprotect-refines-level1[contents]" + FEATURE_SUFFIX]
+
+
+def test_hypotheses_satisfiable_with_feature():
+    results = decide_sat_checks(MM_FEATURE_CHECKS, source=feature_checks)
+    assert all(res.verdict == PROVED for res in results.values()), results
