@@ -163,6 +163,18 @@ def inv_refcount_counts_mappings(s: KState) -> Any:
     return forall_keys(_frame_maps(s), lambda f: eq(s.frames.get(f)[1], mapping_count(s, f)))
 
 
+def inv_shared_frame_same_page(s: KState) -> Any:
+    """Two live processes that map one frame map it at the same page: only fork shares a frame,
+    at the page where the parent maps it, and nothing moves a mapping (no mremap)."""
+    ps = s.procs
+
+    def ok(f: Any) -> Any:
+        return all_of(*[implies(all_of(is_live(x), is_live(y), x.rmap.get(f)[0], y.rmap.get(f)[0]),
+                                eq(x.rmap.get(f)[1], y.rmap.get(f)[1]))
+                        for i, x in enumerate(ps) for y in ps[i + 1:]])
+    return forall_keys(tuple(p.rmap for p in ps), ok)
+
+
 def inv_frame_free_xor_owned(s: KState) -> Any:
     """A frame is either free or owned (referenced by some mapping), never both, never neither."""
     return forall_keys(_frame_maps(s), lambda f: eq(s.frames.get(f)[0], ne(s.frames.get(f)[1], 0)))
@@ -236,6 +248,7 @@ INVARIANTS: dict[str, Callable[[KState], Any]] = {f.__name__: f for f in (
     inv_rmap_inverts_pt,
     inv_rmap_in_pt,
     inv_refcount_counts_mappings,
+    inv_shared_frame_same_page,
     inv_frame_free_xor_owned,
     inv_cow_private_writable_exclusive,
     inv_idle_holds_nothing,

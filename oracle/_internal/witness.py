@@ -33,8 +33,9 @@ How the state is built:
   parent lending its memory to the caller comes from `vfork`. Frames the two processes share
   must sit at the same page in both (fork shares them there); pages where the caller's frame
   differs from the other's are mapped afresh after the fork. Any other shape (unrelated
-  processes, a frame shared at different pages, three processes) is an approximation: the caller
-  is built alone, and the first note says what was left out;
+  processes, three processes) is an approximation: the caller is built alone, and the first note
+  says what was left out. A frame shared at different pages cannot come from an obligation any
+  more (the invariant inv_shared_frame_same_page excludes it); _check_sharing stays as a guard;
 - the failing step: the syscall or access with the concretised arguments; wait4 with WNOHANG
   (level 2's wait4 answers at once); then `observe` (a fork's continuations observe in both);
   after a munmap or mprotect, a write probe at the range's first page (see _tail).

@@ -112,8 +112,18 @@ def execve_keeping_ptes(s, a, c):
     return allowed, out, dataclasses.replace(new, procs=procs)
 
 
+def _cow_child_one_page_up(s, a, c):
+    """COW fork whose child maps each of the parent's frames one page higher."""
+    allowed, out, new = d.fork(s, a, c)
+    child = new.procs[-1]
+    pt = d.SparseMap(child.pt.default, fn=lambda k: child.pt.get(d.sub(k, 1)))
+    rmap = child.rmap.update(lambda f, r: (r[0], d.add(r[1], 1)))
+    return allowed, out, dataclasses.replace(new, procs=new.procs[:-1] + (dataclasses.replace(child, pt=pt, rmap=rmap),))
+
+
 @pytest.mark.parametrize("transition,broken,inv", [
     ("fork_cow", _cow_no_wp, "inv_cow_private_writable_exclusive"),
+    ("fork_cow", _cow_child_one_page_up, "inv_shared_frame_same_page"),
     ("munmap", munmap_keeping_refcounts, "inv_refcount_counts_mappings"),
     ("execve", execve_keeping_ptes, "inv_pte_in_vma"),
 ])
