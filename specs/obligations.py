@@ -35,8 +35,8 @@ class Obligation:
     skip: str | None = None                     # reason, when it cannot be discharged yet
     tactic: str = "smt"                         # smt; ematching (no MBQI); push-ite (simplify first); bitblast
     pin: bool = False                           # sat checks: search pinned witnesses first (see pin())
-    # Refinement obligations: a feature of the before-state (Ctx -> Z3 bool) that the vacuity twin
-    # must find together with the hypotheses, so "satisfiable" is not met by empty memory alone.
+    # Refinement obligations: a feature of the before-state (Ctx -> Z3 bool) that must hold together
+    # with the hypotheses (feature_checks), so "satisfiable" is not met by empty memory alone.
     feature: Callable[["Ctx"], Any] | None = None
     feature_entries: int = 1                    # ... searched among states with maps of this many entries
 
@@ -492,8 +492,8 @@ VACUITY_SUFFIX = "-hypotheses-satisfiable"
 
 def hypotheses_satisfiable(o: Obligation) -> Obligation:
     """`<name>-hypotheses-satisfiable`: the hypotheses of o hold together, so o is not proved
-    vacuously (issue 2), and together with o.feature when it has one. Generated for every
-    refinement obligation (with_vacuity_checks)."""
+    vacuously (issue 2). Generated for every refinement obligation (with_vacuity_checks); the
+    stronger check with o.feature is hypotheses_satisfiable_with_feature."""
     def build() -> tuple:
         hyps, _, ctx = o.build()
         return hyps, z3.BoolVal(True), ctx
