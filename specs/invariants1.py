@@ -65,7 +65,7 @@ from ..model.logic import all_of, eq, implies, ite, uge, ult
 from ..model.predicates import is_mapped, is_shared, obj_of
 from ..model.space import PageMap, SharedStore, SymPageMap, SymSharedStore
 from ..model.state import State
-from .obligations import Ctx, Obligation, hypotheses_satisfiable
+from .obligations import Ctx, Obligation, hypotheses_satisfiable, uninterpreted_symbols
 from .profiles import LEVITATE, LINUX
 
 OBJ_LIMIT = mm1.OBJ_LIMIT
@@ -287,42 +287,10 @@ def cases(transition: str, fn: Callable | None = None, profile: Any = None) -> l
 TRANSITIONS1 = ("mmap", "munmap", "mprotect", "brk", "store", "fork", "vfork", "exit", "wait4", "execve")
 
 
-def _constants(terms: list) -> list:
-    """The uninterpreted constants (bit-vectors, arrays) the terms mention, in a fixed order."""
-    from z3 import z3core as c
-    exprs = [t for t in terms if isinstance(t, z3.ExprRef)]
-    if not exprs:
-        return []
-    ctx = exprs[0].ctx
-    ref = ctx.ref()
-    found: dict = {}
-    seen: set = set()
-    stack = [t.as_ast() for t in exprs]
-    while stack:
-        a = stack.pop()
-        ident = c.Z3_get_ast_id(ref, a)
-        if ident in seen:
-            continue
-        seen.add(ident)
-        kind = c.Z3_get_ast_kind(ref, a)
-        if kind == z3.Z3_QUANTIFIER_AST:
-            stack.append(c.Z3_get_quantifier_body(ref, a))
-            continue
-        if kind != z3.Z3_APP_AST:
-            continue
-        decl = c.Z3_get_app_decl(ref, a)
-        nargs = c.Z3_get_app_num_args(ref, a)
-        if nargs == 0 and c.Z3_get_decl_kind(ref, decl) == z3.Z3_OP_UNINTERPRETED:
-            t = z3.z3._to_expr_ref(a, ctx)
-            found[(str(t), t.sort().sexpr())] = t
-        stack.extend(c.Z3_get_app_arg(ref, a, j) for j in range(nargs))
-    return [found[k] for k in sorted(found)]
-
-
 def _apart(index: int, terms: list) -> list:
     """The terms with every constant renamed for case `index`: cases built from the same fresh-state
     names become independent (one case's hypotheses then say nothing about another's variables)."""
-    subs = [(k, z3.Const(f"{k}#{index}", k.sort())) for k in _constants(terms)]
+    subs = [(k, z3.Const(f"{k}#{index}", k.sort())) for k in uninterpreted_symbols(terms)[1]]
     return [z3.substitute(t, *subs) if isinstance(t, z3.ExprRef) and subs else t for t in terms]
 
 

@@ -407,10 +407,10 @@ def _pinned_body(domain: tuple, rng: z3.SortRef, name: str, entries: int, args: 
     return out
 
 
-def uninterpreted(terms: list) -> tuple[list, list]:
-    """The uninterpreted functions (arity >= 1) and array constants the terms mention, in a fixed
-    order (by name and sort), so pinning builds the same terms in every process. Walks the term
-    DAG through Z3's C API: z3py's wrappers made this walk cost more than the solving."""
+def uninterpreted_symbols(terms: list) -> tuple[list, list]:
+    """(uninterpreted functions of arity >= 1, uninterpreted constants) the terms mention, each in a
+    fixed order (by name and sort), so terms built from them are the same in every process. Walks
+    the term DAG through Z3's C API: z3py's wrappers made this walk cost more than the solving."""
     from z3 import z3core as c
     exprs = [t for t in terms if isinstance(t, z3.ExprRef)]
     if not exprs:
@@ -418,7 +418,7 @@ def uninterpreted(terms: list) -> tuple[list, list]:
     ctx = exprs[0].ctx
     ref = ctx.ref()
     funcs: dict = {}
-    arrays: dict = {}
+    consts: dict = {}
     seen: set = set()
     stack = [t.as_ast() for t in exprs]
     while stack:
@@ -439,11 +439,18 @@ def uninterpreted(terms: list) -> tuple[list, list]:
             if nargs >= 1:
                 f = z3.FuncDeclRef(decl, ctx)
                 funcs[(f.name(), f.sexpr())] = f
-            elif c.Z3_get_sort_kind(ref, c.Z3_get_sort(ref, a)) == z3.Z3_ARRAY_SORT:
+            else:
                 t = z3.z3._to_expr_ref(a, ctx)
-                arrays[(str(t), t.sort().sexpr())] = t
+                consts[(str(t), t.sort().sexpr())] = t
         stack.extend(c.Z3_get_app_arg(ref, a, j) for j in range(nargs))
-    return [funcs[k] for k in sorted(funcs)], [arrays[k] for k in sorted(arrays)]
+    return [funcs[k] for k in sorted(funcs)], [consts[k] for k in sorted(consts)]
+
+
+def uninterpreted(terms: list) -> tuple[list, list]:
+    """The uninterpreted functions (arity >= 1) and array constants the terms mention, in a fixed
+    order (by name and sort): what pin() pins."""
+    funcs, consts = uninterpreted_symbols(terms)
+    return funcs, [t for t in consts if z3.is_array(t)]
 
 
 def pin(terms: list, entries: dict | int = 0, probe: bool = False, found: tuple | None = None) -> tuple[list, dict]:

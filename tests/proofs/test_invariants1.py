@@ -23,7 +23,7 @@ from forkspec.specs import invariants1 as i1
 from forkspec.specs.abi import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, U64, Errno
 from forkspec.specs.obligations import all_obligations, small_states
 from forkspec.specs.profiles import LINUX
-from forkspec.specs.prove import FAILED, PROVED, prove_one, run_measured
+from forkspec.specs.prove import FAILED, PROVED, prove_one, proved_apart
 
 P = PAGE_SIZE
 NAMES = [o.name for o in i1.obligations()]
@@ -31,9 +31,7 @@ NAMES = [o.name for o in i1.obligations()]
 
 @pytest.fixture(scope="module")
 def proved_here() -> dict:
-    # Each in a process of its own, as `forkspec prove` does (in this process the verdict would
-    # depend on the Z3 terms earlier tests built: prove.run).
-    return {r.obligation: r for r, _ in run_measured(NAMES, jobs=2)}
+    return proved_apart(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,7 +10,7 @@ from forkspec.model import design as d
 from forkspec.model import refinement as r
 from forkspec.model.refinement import mm as rmm
 from forkspec.specs.obligations import FEATURE_SUFFIX, feature_checks, small_states
-from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, run_measured
+from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, proved_apart
 
 BY_NAME = {o.name: o for o in r.obligations()}
 
@@ -35,9 +35,7 @@ PROVED_HERE = ["mprotect-refines-level1[contents]", "load-refines-level1", "stor
 
 @pytest.fixture(scope="module")
 def proved_here() -> dict:
-    # Each in a process of its own, as `forkspec prove` does: in this process the verdict would
-    # depend on the Z3 terms earlier tests built (prove.run).
-    return {r.obligation: r for r, _ in run_measured(PROVED_HERE, jobs=2)}
+    return proved_apart(PROVED_HERE)
 
 
 @pytest.mark.parametrize("name", PROVED_HERE)

@@ -18,7 +18,7 @@ from forkspec.model.refinement import exec as rx
 from forkspec.model.refinement import relation as rel
 from forkspec.model.state import ATTR_KIND, ATTR_KIND_SHIFT, ATTR_PROT, Kind
 from forkspec.specs.obligations import FEATURE_SUFFIX, feature_checks, small_states
-from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, run_measured
+from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, proved_apart
 
 BY_NAME = {o.name: o for o in r.obligations()}
 EXEC_NAMES = [n for n in BY_NAME if n.startswith("execve-refines-level1")]
@@ -53,9 +53,7 @@ PROVED_HERE = [
 
 @pytest.fixture(scope="module")
 def proved_here() -> dict:
-    # Each in a process of its own, as `forkspec prove` does (in this process the verdict would
-    # depend on the Z3 terms earlier tests built: prove.run).
-    return {r.obligation: r for r, _ in run_measured(PROVED_HERE, jobs=2)}
+    return proved_apart(PROVED_HERE)
 
 
 @pytest.mark.parametrize("name", PROVED_HERE)
@@ -153,7 +151,6 @@ def test_every_execve_obligation_declares_a_feature():
 
 @pytest.fixture(scope="module")
 def feature_results() -> dict:
-    # Each in a process of its own, bounded by the rlimit, so deterministic (see prove.run).
     return decide_sat_checks(FEATURE_CHECKS, source=feature_checks)
 
 

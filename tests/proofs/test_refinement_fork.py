@@ -16,7 +16,7 @@ from forkspec.model import state as state1
 from forkspec.model.refinement import fork as rf
 from forkspec.model.refinement import relation as rel
 from forkspec.specs.obligations import FEATURE_SUFFIX, TRANSITIONS, feature_checks, preserves, small_states
-from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, run_measured
+from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, proved_apart
 
 BY_NAME = {o.name: o for o in r.obligations()}
 SOURCES = rf.sources()
@@ -41,9 +41,7 @@ LOAD_NAMES = [o.name for o in rf.load_obligations()]
 
 @pytest.fixture(scope="module")
 def proved_here() -> dict:
-    # Each in a process of its own, as `forkspec prove` does: in this process the verdict would
-    # depend on the Z3 terms earlier tests built (prove.run).
-    return {r.obligation: r for r, _ in run_measured(FORK_NAMES + STORE_NAMES + LOAD_NAMES, jobs=2)}
+    return proved_apart(FORK_NAMES + STORE_NAMES + LOAD_NAMES)
 
 
 @pytest.mark.parametrize("name", FORK_NAMES)
@@ -87,8 +85,6 @@ def test_every_fork_obligation_and_the_copy_on_write_store_declare_a_feature():
 
 @pytest.fixture(scope="module")
 def feature_results() -> dict:
-    # Each in a process of its own, bounded by the rlimit, so deterministic: decided in this process
-    # the verdict depended on the tests run before (one came out unknown in CI).
     return decide_sat_checks(FEATURE_CHECKS, source=feature_checks)
 
 
@@ -229,7 +225,7 @@ EVERY_STORE = [o.name for o in rf.every_store_obligation()]
 
 @pytest.fixture(scope="module")
 def every_store_results() -> dict:
-    return {r.obligation: r for r, _ in run_measured(EVERY_STORE, jobs=2, source=rf.every_store_obligation)}
+    return proved_apart(EVERY_STORE, source=rf.every_store_obligation)
 
 
 @pytest.mark.slow

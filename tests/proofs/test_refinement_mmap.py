@@ -17,7 +17,7 @@ from forkspec.model.state import REAPER, AddressSpace, Process, State
 from forkspec.specs.abi import (MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_PRIVATE,
                                 MAP_SHARED, PAGE_SIZE, U64)
 from forkspec.specs.profiles import LINUX
-from forkspec.specs.prove import FAILED, PROVED, prove_one, run_measured
+from forkspec.specs.prove import FAILED, PROVED, prove_one, proved_apart
 
 P = PAGE_SIZE
 PID = rmmap.PID
@@ -25,9 +25,7 @@ PID = rmmap.PID
 
 @pytest.fixture(scope="module")
 def proved_here() -> dict:
-    # Each in a process of its own, as `forkspec prove` does (in this process the verdict would
-    # depend on the Z3 terms earlier tests built: prove.run).
-    return {r.obligation: r for r, _ in run_measured([rmmap.obligation(p).name for p in rmmap.PARTS], jobs=2)}
+    return proved_apart([rmmap.obligation(p).name for p in rmmap.PARTS])
 
 
 @pytest.mark.parametrize("part", rmmap.PARTS)
