@@ -23,8 +23,8 @@ after a fork), exec.py (execve), mmap.py (mmap). From related states, when both 
 outcomes are equal and the new states are related. Proved, each with a hypotheses-satisfiable
 twin (specs/obligations.with_vacuity_checks); the scope, and what is not covered:
 - munmap, mprotect, brk, load, store: one process; loads and stores are 8-byte, page-aligned;
-  the contents clause after mprotect is an obligation of its own (mm.contents_obligation); after
-  munmap and brk it is not proved (Z3 answers unknown on some seeds: mm's docstring).
+  the contents clause after munmap, mprotect and brk is proved by obligations of its own
+  (mm.contents_obligation), per case of the step.
 - exit, wait4 (WNOHANG), fork, vfork: per level-1 tree shape with at most two processes before
   the step (SHAPES, a vfork in progress included) and each running caller; states of three
   processes (after a fork from a two-process shape) are not a source shape.

@@ -27,7 +27,8 @@ def test_skipped_ones_say_why():
             assert len(o.skip) > 40 and o.name.split("-")[0] in r.SKIPPED
 
 
-PROVED_HERE = ["mprotect-refines-level1[contents]", "load-refines-level1", "store-refines-level1[other-page]", "store-refines-level1[same-page]",
+PROVED_HERE = ["mprotect-refines-level1[contents]", "munmap-refines-level1[contents-in-range-unmapped]",
+               "brk-refines-level1[contents-grown]", "load-refines-level1", "store-refines-level1[other-page]", "store-refines-level1[same-page]",
                "exit-refines-level1[running-child-by-root]", "exit-refines-level1[zombie-child-by-root]",
                "wait4-refines-level1[zombie-child-by-root-for-other]",
                "wait4-refines-level1[running-child-by-root-for-other]"]
@@ -101,8 +102,18 @@ def _mprotect_drops_pages(orig):
     return broken
 
 
+def _zeroes_every_frame(orig):
+    """The transition, then every frame's word is 0 (a page outside the range loses its contents)."""
+    def broken(s, a, c):
+        allowed, out, new = orig(s, a, c)
+        return allowed, out, dataclasses.replace(new, frames=new.frames.update(lambda f, fr: (fr[0], fr[1], 0)))
+    return broken
+
+
 @pytest.mark.parametrize("attr, breaker, name", [
     ("mprotect", _mprotect_drops_pages, "mprotect-refines-level1[contents]"),
+    ("munmap", _zeroes_every_frame, "munmap-refines-level1[contents-outside-range]"),
+    ("brk", _zeroes_every_frame, "brk-refines-level1[contents-outside-range]"),
     ("store", _store_off_by_one, "store-refines-level1[same-page]"),
     ("store", _store_everywhere, "store-refines-level1[other-page]"),
     ("load", _load_maperr_for_accerr, "load-refines-level1"),
@@ -174,8 +185,9 @@ def test_concrete_access_matches_the_generic_core(prots, shared, page, value):
 MM_FEATURE_CHECKS = sorted(o.name for o in feature_checks() if o.name.split("-")[0] in ("munmap", "mprotect", "brk"))
 
 
-def test_the_mprotect_contents_obligation_declares_a_feature():
-    assert MM_FEATURE_CHECKS == ["mprotect-refines-level1[contents]" + FEATURE_SUFFIX]
+def test_every_contents_obligation_declares_a_feature():
+    contents = sorted(n for n in BY_NAME if n.split("-")[0] in ("munmap", "mprotect", "brk") and "[contents" in n)
+    assert len(contents) == 8 and MM_FEATURE_CHECKS == sorted(n + FEATURE_SUFFIX for n in contents)
 
 
 def test_hypotheses_satisfiable_with_feature():
