@@ -119,16 +119,16 @@ CONTENTS_PARTS = {"mprotect": ("contents",),
 
 
 def contents_obligation(name: str, part: str = "contents"):
-    """R's contents clause after mprotect / munmap at a free page-aligned address `at`, written
+    """R's contents clause after mprotect / munmap / brk at a free page-aligned address `at`, written
     as page number and zero offset (Concat: level 1's 8-byte read at `at` then stays on one page
-    without adder reasoning; proving it for every page is the ForAll). Hypotheses: the clause
-    before at `at`; R's attributes before and after the step at `at`'s page and equal outcomes
-    (both proved by `<name>-refines-level1`: this is the second link of a chain, as mmap's); the invariants at
-    that page and the frame mapped there; both levels' `allowed`. munmap is split by level 1's own
-    page range (stated in level 1's terms: in level 2's, the query answered unknown on some
-    seeds): outside it nothing changes; inside, when the call succeeds, the page is in no VMA
-    after (a stronger goal than the clause, whose antecedent it falsifies), and when it fails,
-    nothing changes."""
+    without adder reasoning; proving it for every page is the ForAll, and the clause says nothing
+    at unaligned addresses). Hypotheses: the clause before at `at`; R's attributes before and after
+    the step at `at`'s page and equal outcomes (both proved by `<name>-refines-level1`: this is the
+    second link of a chain, as mmap's); the invariants at that page and the frame mapped there;
+    both levels' `allowed`. munmap and brk are split, exhaustively, by level 1's own page ranges:
+    outside them nothing changes; a page a successful munmap or brk shrink removes is in no VMA
+    after (a stronger goal than the clause, whose antecedent it falsifies); a page a successful
+    brk grow maps reads zero at both levels; inside a refused call's range nothing changes."""
     from ...specs.obligations import Ctx, Obligation, invariants_hold
     from ..predicates import page_align_up, page_number
     from .fork import _instances
