@@ -215,6 +215,17 @@ def inv_parent_alive_or_reaper(s: KState) -> Any:
     return _each_live(s, ok)
 
 
+def inv_parent_chain_acyclic(s: KState) -> Any:
+    """No live process is its own ancestor: following parents from any process reaches the reaper
+    (a cycle of any length the slots allow is excluded; length 1 by inv_parent_alive_or_reaper)."""
+    from itertools import permutations
+    ps = s.procs
+    cycles = [all_of(*[all_of(is_live(ps[j]), eq(ps[j].parent, ps[ring[(i + 1) % n]].pid)) for i, j in enumerate(ring)])
+              for n in range(2, len(ps) + 1) for ring in permutations(range(len(ps)), n)
+              if ring[0] == min(ring)]                                  # each cycle once, from its lowest slot
+    return not_(any_of(*cycles)) if cycles else True
+
+
 def inv_vfork_lender_blocked(s: KState) -> Any:
     """A vfork child is not a zombie, its parent is blocked lending it the address space, and a
     lender lends to one child only."""
@@ -254,6 +265,7 @@ INVARIANTS: dict[str, Callable[[KState], Any]] = {f.__name__: f for f in (
     inv_idle_holds_nothing,
     inv_pids_unique,
     inv_parent_alive_or_reaper,
+    inv_parent_chain_acyclic,
     inv_vfork_lender_blocked,
     inv_blocked_has_borrower,
 )}

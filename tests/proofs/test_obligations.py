@@ -121,6 +121,13 @@ def _cow_child_one_page_up(s, a, c):
     return allowed, out, dataclasses.replace(new, procs=new.procs[:-1] + (dataclasses.replace(child, pt=pt, rmap=rmap),))
 
 
+def _fork_reparents_the_parent_under_the_child(s, a, c):
+    """fork that also makes the new child its parent's parent: a parent cycle of two."""
+    allowed, out, new = d.fork(s, a, c)
+    procs = tuple(d.sel(d.eq(p.pid, a.pid), dataclasses.replace(p, parent=c.pid), p) for p in new.procs[:-1])
+    return allowed, out, dataclasses.replace(new, procs=procs + new.procs[-1:])
+
+
 @pytest.mark.parametrize("transition,broken,inv", [
     ("fork_cow", _cow_no_wp, "inv_cow_private_writable_exclusive"),
     ("fork_cow", _cow_child_one_page_up, "inv_shared_frame_same_page"),
@@ -133,6 +140,12 @@ def test_broken_transition_yields_counterexample(transition, broken, inv):
     # The counterexample is a readable state: processes and page-table entries.
     assert "before:" in r.counterexample and "after:" in r.counterexample
     assert "process slot" in r.counterexample and "pte page" in r.counterexample
+
+
+def test_a_parent_cycle_is_refuted_with_its_processes():
+    r = prove_one(ob.preserves(ob.TRANSITIONS["fork_cow"], "inv_parent_chain_acyclic",
+                               fn=_fork_reparents_the_parent_under_the_child))
+    assert r.verdict == FAILED and "process slot" in r.counterexample and " parent " in r.counterexample
 
 
 def test_the_correct_transition_proves_the_same_obligation():
