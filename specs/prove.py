@@ -206,12 +206,13 @@ def run_measured(names: Sequence[str], seed: int = 0, rlimit: int = DEFAULT_RLIM
     return _run_isolated(list(names), seed, rlimit, timeout_s, jobs, None, source)
 
 
-def proved_apart(names: Sequence[str], source: Source = all_obligations, jobs: int = 2) -> dict[str, ProofResult]:
+def proved_apart(names: Sequence[str], source: Source = all_obligations, jobs: int = 2,
+                 seed: int = 0) -> dict[str, ProofResult]:
     """{name: result}, each obligation proved in a process of its own as run() proves it. Tests use
     this, never prove_one in the pytest process, for any obligation they expect proved: there the
     verdict would depend on the Z3 terms earlier tests built (it flipped an obligation to unknown
     in CI)."""
-    return {r.obligation: r for r, _ in run_measured(names, jobs=jobs, source=source)}
+    return {r.obligation: r for r, _ in run_measured(names, seed=seed, jobs=jobs, source=source)}
 
 
 def decide_sat_checks(names: Sequence[str], source: Source = all_obligations, seeds: int = 4,
@@ -224,7 +225,7 @@ def decide_sat_checks(names: Sequence[str], source: Source = all_obligations, se
         todo = [n for n in names if n not in results or results[n].verdict == UNKNOWN]
         if not todo:
             break
-        results.update({r.obligation: r for r, _ in run_measured(todo, seed=seed, jobs=jobs, source=source)})
+        results.update(proved_apart(todo, source, jobs, seed))
     return results
 
 

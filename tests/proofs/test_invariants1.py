@@ -23,15 +23,15 @@ from forkspec.specs import invariants1 as i1
 from forkspec.specs.abi import MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, U64, Errno
 from forkspec.specs.obligations import all_obligations, small_states
 from forkspec.specs.profiles import LINUX
-from forkspec.specs.prove import FAILED, PROVED, prove_one, proved_apart
+from forkspec.specs.prove import FAILED, PROVED, prove_one
 
 P = PAGE_SIZE
 NAMES = [o.name for o in i1.obligations()]
 
 
 @pytest.fixture(scope="module")
-def proved_here() -> dict:
-    return proved_apart(NAMES)
+def proved_here(proved) -> dict:
+    return proved(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

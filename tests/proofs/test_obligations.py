@@ -8,7 +8,6 @@ import pytest
 from forkspec.model import design as d
 from forkspec.specs import obligations as ob
 from forkspec.specs.invariants import INVARIANTS
-from forkspec.specs import prove
 from forkspec.specs.prove import FAILED, PROVED, UNKNOWN, prove_one
 
 ALL = ob.all_obligations()
@@ -53,21 +52,14 @@ def test_structural_invariants_are_proved_at_list_level():
         assert f"vma_list_{op}-disjoint" in BY_NAME and f"vma_list_{op}-inside-slot" in BY_NAME
 
 
-def _isolated(obs: list) -> dict:
-    """Results as `forkspec prove` gets them: each obligation in a process of its own (in this
-    process, Z3's search would depend on the proofs that ran before: see prove.run)."""
-    names = [o.name for o in obs if not o.skip]
-    return prove.proved_apart(names)
+@pytest.fixture(scope="module")
+def fast_results(proved) -> dict:
+    return proved([o.name for o in FAST if not o.skip])
 
 
 @pytest.fixture(scope="module")
-def fast_results() -> dict:
-    return _isolated(FAST)
-
-
-@pytest.fixture(scope="module")
-def all_results() -> dict:
-    return _isolated(ALL)
+def all_results(proved) -> dict:
+    return proved([o.name for o in ALL if not o.skip])
 
 
 @pytest.mark.parametrize("o", params(FAST))
@@ -148,9 +140,9 @@ def test_a_parent_cycle_is_refuted_with_its_processes():
     assert r.verdict == FAILED and "process slot" in r.counterexample and " parent " in r.counterexample
 
 
-def test_the_correct_transition_proves_the_same_obligation():
+def test_the_correct_transition_proves_the_same_obligation(proved):
     name = "fork_cow-preserves-inv_cow_private_writable_exclusive"
-    assert prove.proved_apart([name], jobs=1)[name].verdict == PROVED
+    assert proved([name])[name].verdict == PROVED
 
 
 def test_unknown_is_not_a_pass():

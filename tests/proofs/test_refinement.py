@@ -10,7 +10,7 @@ from forkspec.model import design as d
 from forkspec.model import refinement as r
 from forkspec.model.refinement import mm as rmm
 from forkspec.specs.obligations import FEATURE_SUFFIX, feature_checks, small_states
-from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, proved_apart
+from forkspec.specs.prove import FAILED, PROVED, prove_one
 
 BY_NAME = {o.name: o for o in r.obligations()}
 
@@ -35,8 +35,8 @@ PROVED_HERE = ["mprotect-refines-level1[contents]", "munmap-refines-level1[conte
 
 
 @pytest.fixture(scope="module")
-def proved_here() -> dict:
-    return proved_apart(PROVED_HERE)
+def proved_here(proved) -> dict:
+    return proved(PROVED_HERE)
 
 
 @pytest.mark.parametrize("name", PROVED_HERE)
@@ -188,8 +188,3 @@ MM_FEATURE_CHECKS = sorted(o.name for o in feature_checks() if o.name.split("-")
 def test_every_contents_obligation_declares_a_feature():
     contents = sorted(n for n in BY_NAME if n.split("-")[0] in ("munmap", "mprotect", "brk") and "[contents" in n)
     assert len(contents) == 8 and MM_FEATURE_CHECKS == sorted(n + FEATURE_SUFFIX for n in contents)
-
-
-def test_hypotheses_satisfiable_with_feature():
-    results = decide_sat_checks(MM_FEATURE_CHECKS, source=feature_checks)
-    assert all(res.verdict == PROVED for res in results.values()), results

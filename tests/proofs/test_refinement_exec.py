@@ -18,7 +18,7 @@ from forkspec.model.refinement import exec as rx
 from forkspec.model.refinement import relation as rel
 from forkspec.model.state import ATTR_KIND, ATTR_KIND_SHIFT, ATTR_PROT, Kind
 from forkspec.specs.obligations import FEATURE_SUFFIX, feature_checks, small_states
-from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, proved_apart
+from forkspec.specs.prove import FAILED, PROVED, prove_one
 
 BY_NAME = {o.name: o for o in r.obligations()}
 EXEC_NAMES = [n for n in BY_NAME if n.startswith("execve-refines-level1")]
@@ -52,8 +52,8 @@ PROVED_HERE = [
 
 
 @pytest.fixture(scope="module")
-def proved_here() -> dict:
-    return proved_apart(PROVED_HERE)
+def proved_here(proved) -> dict:
+    return proved(PROVED_HERE)
 
 
 @pytest.mark.parametrize("name", PROVED_HERE)
@@ -147,16 +147,6 @@ FEATURE_CHECKS = sorted(o.name for o in feature_checks() if o.name.startswith("e
 
 def test_every_execve_obligation_declares_a_feature():
     assert FEATURE_CHECKS == sorted(f"{n}{FEATURE_SUFFIX}" for n in BY_NAME if n.startswith("execve-refines"))
-
-
-@pytest.fixture(scope="module")
-def feature_results() -> dict:
-    return decide_sat_checks(FEATURE_CHECKS, source=feature_checks)
-
-
-@pytest.mark.parametrize("name", FEATURE_CHECKS)
-def test_hypotheses_satisfiable_with_feature(name, feature_results):
-    assert feature_results[name].verdict == PROVED, feature_results[name].counterexample
 
 
 # --- broken level-2 execve (test-only) ---------------------------------------------------------------

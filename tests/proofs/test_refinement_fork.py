@@ -16,7 +16,7 @@ from forkspec.model import state as state1
 from forkspec.model.refinement import fork as rf
 from forkspec.model.refinement import relation as rel
 from forkspec.specs.obligations import FEATURE_SUFFIX, TRANSITIONS, feature_checks, preserves, small_states
-from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one, proved_apart
+from forkspec.specs.prove import FAILED, PROVED, prove_one, proved_apart
 
 BY_NAME = {o.name: o for o in r.obligations()}
 SOURCES = rf.sources()
@@ -40,8 +40,8 @@ LOAD_NAMES = [o.name for o in rf.load_obligations()]
 
 
 @pytest.fixture(scope="module")
-def proved_here() -> dict:
-    return proved_apart(FORK_NAMES + STORE_NAMES + LOAD_NAMES)
+def proved_here(proved) -> dict:
+    return proved(FORK_NAMES + STORE_NAMES + LOAD_NAMES)
 
 
 @pytest.mark.parametrize("name", FORK_NAMES)
@@ -81,16 +81,6 @@ def test_every_fork_obligation_and_the_copy_on_write_store_declare_a_feature():
     fork_names = {f"{n}{FEATURE_SUFFIX}" for n in BY_NAME if n.split("-")[0] in rf.KINDS}
     assert fork_names <= set(FEATURE_CHECKS)
     assert "store-refines-level1[running-child-by-root-other-page]" + FEATURE_SUFFIX in FEATURE_CHECKS
-
-
-@pytest.fixture(scope="module")
-def feature_results() -> dict:
-    return decide_sat_checks(FEATURE_CHECKS, source=feature_checks)
-
-
-@pytest.mark.parametrize("name", FEATURE_CHECKS)
-def test_hypotheses_satisfiable_with_feature(name, feature_results):
-    assert feature_results[name].verdict == PROVED, feature_results[name].counterexample
 
 
 # --- broken level-2 forks (test-only) -----------------------------------------------------------------

@@ -17,15 +17,15 @@ from forkspec.model.state import REAPER, AddressSpace, Process, State
 from forkspec.specs.abi import (MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_PRIVATE,
                                 MAP_SHARED, PAGE_SIZE, U64)
 from forkspec.specs.profiles import LINUX
-from forkspec.specs.prove import FAILED, PROVED, prove_one, proved_apart
+from forkspec.specs.prove import FAILED, PROVED, prove_one
 
 P = PAGE_SIZE
 PID = rmmap.PID
 
 
 @pytest.fixture(scope="module")
-def proved_here() -> dict:
-    return proved_apart([rmmap.obligation(p).name for p in rmmap.PARTS])
+def proved_here(proved) -> dict:
+    return proved([rmmap.obligation(p).name for p in rmmap.PARTS])
 
 
 @pytest.mark.parametrize("part", rmmap.PARTS)

@@ -11,7 +11,7 @@ from forkspec.model import design as d
 from forkspec.model.refinement import mm as rmm
 from forkspec.specs import obligations as ob
 from forkspec.specs import prove
-from forkspec.specs.prove import FAILED, PROVED, prove_one
+from forkspec.specs.prove import FAILED, PROVED, decide_sat_checks, prove_one
 
 ALL = ob.all_obligations()
 BY_NAME = {o.name: o for o in ALL}
@@ -24,6 +24,21 @@ def test_every_refinement_obligation_has_its_satisfiable_twin_right_after_it():
         twin = ALL[ALL.index(o) + 1]
         assert twin.name == o.name + ob.VACUITY_SUFFIX
         assert (twin.kind, twin.expect, twin.pin, twin.skip) == ("sat", "sat", True, None)
+
+
+FEATURE_CHECKS = [o.name for o in ob.feature_checks()]
+
+
+@pytest.fixture(scope="module")
+def feature_results() -> dict:
+    return decide_sat_checks(FEATURE_CHECKS, source=ob.feature_checks)
+
+
+@pytest.mark.parametrize("name", FEATURE_CHECKS)
+def test_hypotheses_satisfiable_with_feature(name, feature_results):
+    """The hypotheses of each refinement obligation that declares a feature hold together with it
+    (the fork, execve, store and munmap/mprotect/brk modules test which obligations declare one)."""
+    assert feature_results[name].verdict == PROVED, feature_results[name].counterexample
 
 
 def test_a_new_refinement_obligation_gets_a_twin_and_a_skipped_one_does_not():
