@@ -58,11 +58,13 @@ from typing import Any, Callable
 
 import z3
 
+from ..model import design as d
 from ..model import memory
 from ..model import mm as mm1
 from ..model import process as proc1
 from ..model.logic import all_of, eq, implies, ite, uge, ult
 from ..model.predicates import is_mapped, is_shared, obj_of
+from ..model.refinement.relation import ABSENT_PID, OTHER, ROOT, SHAPES, THIRD, _tree_states
 from ..model.space import PageMap, SharedStore, SymPageMap, SymSharedStore
 from ..model.state import State
 from .obligations import Ctx, Obligation, hypotheses_satisfiable, uninterpreted_symbols
@@ -141,13 +143,6 @@ def holds_encoded(s1: State, name: str = INV, rlimit: int = 20_000_000) -> bool:
 # --- the transitions, as cases (hypotheses, state after, arguments) ------------------------------
 # A transition's `fn` stands in for level 1's function (tests: a broken transition must be refuted).
 
-ROOT, OTHER = 2, 3
-
-
-def _as_bool(x: Any) -> Any:
-    return x if isinstance(x, z3.ExprRef) else z3.BoolVal(bool(x))
-
-
 def _two_spaces(profile: Any = LINUX):
     from ..model.symbolic import fresh_state
     return fresh_state(profile, (ROOT, OTHER), prefix="l1")
@@ -176,7 +171,7 @@ def _memory_case(name: str, fn: Callable | None = None, profile: Any = LINUX) ->
         r = (fn or mm1.brk)(s1, mm1.BrkArgs(ROOT, addr), mm1.ResourceChoice())
         args = {"addr": addr}
     args["case"] = f"{name}-{profile.name}"
-    return s1, [_as_bool(r.allowed), *ctx.facts], r.state, args
+    return s1, [d._as_bool(r.allowed), *ctx.facts], r.state, args
 
 
 STORE_SIZES = tuple(range(1, 9))
@@ -194,7 +189,6 @@ def _store_cases(fn: Callable | None = None) -> list[tuple]:
 
 def _tree_cases(name: str, fn: Callable | None = None) -> list[tuple]:
     """One case per relation.SHAPES shape and running caller (wait4: per target too)."""
-    from ..model.refinement.relation import ABSENT_PID, SHAPES, THIRD, _tree_states
     from .abi import WNOHANG
     out = []
     for shape, procs in SHAPES.items():
@@ -206,16 +200,16 @@ def _tree_cases(name: str, fn: Callable | None = None) -> list[tuple]:
             if name in ("fork", "vfork"):
                 child = OTHER if len(procs) == 1 else THIRD
                 r = (fn or proc1.fork)(s1, proc1.ForkArgs(pid), proc1.ForkChoice(child=child), vfork=name == "vfork")
-                out.append((s1, [_as_bool(r.allowed), *ctx.facts], r.state, {"case": label}))
+                out.append((s1, [d._as_bool(r.allowed), *ctx.facts], r.state, {"case": label}))
             elif name == "exit":
                 r = (fn or proc1.exit)(s1, proc1.ExitArgs(pid, _w("code")))
-                out.append((s1, [_as_bool(r.allowed), *ctx.facts], r.state, {"case": label}))
+                out.append((s1, [d._as_bool(r.allowed), *ctx.facts], r.state, {"case": label}))
             else:
                 for target in (ROOT, OTHER, ABSENT_PID):
                     if target == pid:
                         continue
                     r = (fn or proc1.wait4)(s1, proc1.Wait4Args(pid, target, WNOHANG))
-                    out.append((s1, [_as_bool(r.allowed), *ctx.facts], r.state, {"case": f"{label}-for-{target}"}))
+                    out.append((s1, [d._as_bool(r.allowed), *ctx.facts], r.state, {"case": f"{label}-for-{target}"}))
     return out
 
 
@@ -223,7 +217,6 @@ def execve_cases_list() -> list[tuple]:
     """(shape, caller, image, profile): every image alone under Linux, the levitate layout with one
     image, one image in every other shape by each running process (exec.py's choice of cases)."""
     from ..model.refinement import exec as rexec
-    from ..model.refinement.relation import SHAPES
     out = [("alone", ROOT, image, "linux") for image in rexec.IMAGES] + [("alone", ROOT, *rexec.REGIONS_IMAGE)]
     for shape, procs in SHAPES.items():
         if shape != "alone":
@@ -234,7 +227,6 @@ def execve_cases_list() -> list[tuple]:
 def _execve_cases(fn: Callable | None = None) -> list[tuple]:
     from ..model import exec as exec1
     from ..model.refinement import exec as rexec
-    from ..model.refinement.relation import _tree_states
     out = []
     for shape, caller, image, profile in execve_cases_list():
         _, s1, ctx = _tree_states(shape)
@@ -244,7 +236,7 @@ def _execve_cases(fn: Callable | None = None) -> list[tuple]:
         if r.clause != "execve.ok":
             raise ValueError(f"image {image!r} does not load at level 1 under {profile}: {r.clause}")
         label = f"{image}-{profile}-{shape}-by-{'root' if caller == ROOT else 'other'}"
-        out.append((s1, [_as_bool(r.allowed), *ctx.facts], r.state, {"case": label}))
+        out.append((s1, [d._as_bool(r.allowed), *ctx.facts], r.state, {"case": label}))
     return out
 
 
@@ -262,7 +254,7 @@ def _initial_cases() -> list[tuple]:
             # Private contents are left out of the encoding: the invariant does not read them (and
             # encoding a page of code byte by byte is most of the cost).
             spaces = {mm: sp.with_(data=empty_data()) for mm, sp in r.state.spaces.items()}
-            out.append((None, [_as_bool(r.allowed)], encode(SymContext("l1init"), r.state.with_(spaces=spaces)),
+            out.append((None, [d._as_bool(r.allowed)], encode(SymContext("l1init"), r.state.with_(spaces=spaces)),
                         {"case": f"{image}-{profile}"}))
     return out
 
@@ -308,9 +300,9 @@ def _build(transition: str, name: str, fn: Callable | None, profile: Any = None)
             shown[f"{label}: next_obj before"] = before.next_obj
         afters = after if isinstance(after, list) else [after]
         shown[f"{label}: next_obj after"] = afters[0].next_obj
-        pre = [_as_bool(x) for x in ([inv(before)] if before is not None else []) + list(h)]
+        pre = [d._as_bool(x) for x in ([inv(before)] if before is not None else []) + list(h)]
         keys = list(shown)
-        terms = _apart(i, pre + [z3.And(*[_as_bool(inv(a)) for a in afters])] + [shown[k] for k in keys])
+        terms = _apart(i, pre + [z3.And(*[d._as_bool(inv(a)) for a in afters])] + [shown[k] for k in keys])
         hyps += terms[:len(pre)]
         goals.append(terms[len(pre)])
         args.update(zip(keys, terms[len(pre) + 1:]))
