@@ -20,7 +20,7 @@ import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import z3
 
@@ -195,6 +195,7 @@ def run(select: str | None = None, seed: int = 0, rlimit: int = DEFAULT_RLIMIT,
 
 
 Source = Callable[[], list[Obligation]]
+T = TypeVar("T")
 
 
 def run_measured(names: Sequence[str], seed: int = 0, rlimit: int = DEFAULT_RLIMIT,
@@ -231,33 +232,45 @@ def decide_sat_checks(names: Sequence[str], source: Source = all_obligations, se
 
 def _run_isolated(names: list[str], seed: int, rlimit: int, timeout_s: float, jobs: int,
                   witness: Witness | None, source: Source = all_obligations) -> list[tuple[ProofResult, int]]:
-    if not names:
+    return _map_apart(_prove_isolated, [(n, seed, rlimit, timeout_s, witness, source) for n in names], jobs)
+
+
+def call_apart(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a process of its own, as run() proves an obligation, and its result. Tests make
+    every Z3 query through this or run(): in the pytest process Z3's search (and so an unknown, or
+    which counterexample it finds) depends on the terms earlier tests built. `fn` and `args` are
+    pickled: module-level functions and plain data; `fn` applies any patch it needs itself."""
+    (result,) = _map_apart(fn, [args], 1)
+    return result
+
+
+def _map_apart(fn: Callable[..., T], calls: list[tuple], jobs: int) -> list[T]:
+    """[fn(*args) for args in calls], each in a child forked from a clean worker."""
+    if not calls:
         return []
     # Workers come from a forkserver: a fresh single-threaded interpreter that imported forkspec and
     # ran no Z3 (a fork of a process that did can deadlock on locks held at fork, and would carry its
-    # context state). A worker never runs Z3 either: it forks one child per obligation (a few ms;
-    # a new pool process per obligation cost about 35 ms, measured).
+    # context state). A worker never runs Z3 either: it forks one child per call (a few ms; a new
+    # pool process per obligation cost about 35 ms, measured).
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", "forkspec.specs.prove", "forkspec.specs.lemmas", "forkspec.model.refinement"])
-    with ctx.Pool(max(1, min(jobs, len(names)))) as pool:
-        return pool.starmap(_prove_forked, [(n, seed, rlimit, timeout_s, witness, source) for n in names],
-                            chunksize=1)
+    with ctx.Pool(max(1, min(jobs, len(calls)))) as pool:
+        return pool.starmap(_call_forked, [(fn, args) for args in calls], chunksize=1)
 
 
-def _prove_forked(name: str, seed: int, rlimit: int, timeout_s: float,
-                  witness: Witness | None, source: Source = all_obligations) -> tuple[ProofResult, int]:
-    """Prove `name` in a child forked from this clean worker; its result comes back pickled."""
+def _call_forked(fn: Callable[..., T], args: tuple) -> T:
+    """fn(*args) in a child forked from this clean worker; its result comes back pickled."""
     read_end, write_end = os.pipe()
     # Frozen objects are not traversed by the child's garbage collector, which would otherwise write
     # to (and so copy) every page of the worker's heap.
     gc.freeze()
     pid = os.fork()
-    if pid == 0:        # the child: prove, send, exit without running the worker's cleanup
+    if pid == 0:        # the child: call, send, exit without running the worker's cleanup
         status = 1
         try:
             os.close(read_end)
             try:
-                reply = ("ok", _prove_isolated(name, seed, rlimit, timeout_s, witness, source))
+                reply = ("ok", fn(*args))
             except Exception as exc:            # noqa: BLE001 - handed to the parent, which raises it
                 reply = ("raise", exc)
             with os.fdopen(write_end, "wb") as out:
@@ -270,7 +283,7 @@ def _prove_forked(name: str, seed: int, rlimit: int, timeout_s: float,
         data = got.read()
     _, status = os.waitpid(pid, 0)
     if not data:
-        raise RuntimeError(f"proving {name} killed its process (wait status {status:#x})")
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)}{args!r:.200} killed its process (wait status {status:#x})")
     kind, value = pickle.loads(data)
     if kind == "raise":
         raise value

@@ -524,19 +524,50 @@ def build_program(views: list[ProcView], spec: StepSpec) -> tuple[Program, list[
     """The program reaching `views` (the before-state) from a fresh process, then the failing step.
     When the other processes cannot be built, the caller alone is, and a note says what is left out
     (their frames then do not share the caller's: reference counts differ from the counterexample)."""
+    program, notes, _ = _build_any(views, spec, False)
+    return program, notes
+
+
+@dataclass(frozen=True)
+class Reached:
+    """What reach() built: the program, its notes, the views it kept (the runs the failing step's
+    program builds too) and where a counterexample address lies in the program (an int, or a Ref
+    to the caller's initial break when the layout is heap-relative, as for brk)."""
+    program: Program
+    notes: list[str]
+    views: list[ProcView]
+    addr: Callable[[int], int | Ref]
+
+
+def reach(views: list[ProcView], spec: StepSpec) -> Reached:
+    """The program build_program(views, spec) makes, with the failing step and what follows it
+    replaced by an observation by the caller: the same runs kept, at the same addresses (tests
+    compare the state it reaches with the counterexample's)."""
+    program, notes, (kept, b) = _build_any(views, spec, True)
+    return Reached(program, notes, kept, b.addr)
+
+
+def _build_any(views: list[ProcView], spec: StepSpec, observe_only: bool):
     callers = [v for v in views if v.pid == spec.pid and v.state == d.RUNNING]
     if not callers:
         raise NotExpressible(f"no running process has the caller's pid {spec.pid:#x}")
     if callers[-1].problem:
         raise NotExpressible(callers[-1].problem)
+    layout: list = []
     try:
-        return _build(views, callers[-1], spec, [])
+        program, notes = _build(views, callers[-1], spec, [], observe_only, layout)
     except ShapeNotExpressible as why:
-        return _build([callers[-1]], callers[-1], spec,
-                      [f"approximation: the other process is left out, the caller is built alone: {why}"])
+        layout.clear()
+        program, notes = _build([callers[-1]], callers[-1], spec,
+                                [f"approximation: the other process is left out, the caller is built alone: {why}"],
+                                observe_only, layout)
+    return program, notes, layout[0]
 
 
-def _build(views: list[ProcView], caller: ProcView, spec: StepSpec, notes: list[str]) -> tuple[Program, list[str]]:
+def _build(views: list[ProcView], caller: ProcView, spec: StepSpec, notes: list[str], observe_only: bool = False,
+           layout: list | None = None) -> tuple[Program, list[str]]:
+    """build_program's work; with `observe_only` the caller observes instead of taking the step.
+    The views kept and the address builder are appended to `layout`."""
     others = [v for v in views if v is not caller]
     if len(others) > 1:
         raise ShapeNotExpressible(f"{len(others) + 1} live processes; programs are built for two at most")
@@ -574,6 +605,10 @@ def _build(views: list[ProcView], caller: ProcView, spec: StepSpec, notes: list[
         b = _Builder(delta=delta)
         caller = next(v for v in views if v.slot == caller.slot)
         other = next((v for v in views if v.slot != caller.slot), None)
+    if layout is not None:
+        layout.append((views, b))
+    if observe_only:
+        spec = StepSpec("observe", spec.pid, {})
     if other is not None:
         _check_sharing(caller, other)
     if spec.transition == "fork_cow":
@@ -626,12 +661,6 @@ def _build(views: list[ProcView], caller: ProcView, spec: StepSpec, notes: list[
         return _finish(base + [Step("fork", (), r, (), tuple(rest))], notes)
     raise ShapeNotExpressible(f"{other.describe()} is neither parent nor child of the caller (pid {caller.pid:#x}, "
                               f"parent {caller.parent:#x}); a program relates two processes by fork only")
-
-
-def reach(views: list[ProcView], pid: int) -> tuple[Program, list[str]]:
-    """The program that builds `views` and has the process `pid` observe it (no failing step):
-    what build_program does before the step, on its own (tests compare the state it reaches)."""
-    return build_program(views, StepSpec("observe", pid, {}))
 
 
 def _then(steps: list[Step], more: list[Step]) -> list[Step]:

@@ -343,18 +343,34 @@ def _reached(program) -> tuple[int, d.KState]:
 
 @pytest.mark.parametrize("transition", sorted(BROKEN))
 def test_the_program_reaches_the_counterexamples_before_state(transition):
-    # impl runs the program up to the failing step; its state, abstracted to level 2, has the
-    # counterexample's VMA runs and frames, page by page, at (and next to) every run.
+    # impl runs the failing step's program up to that step; its state, abstracted to level 2, has
+    # the runs of the counterexample the program keeps, page by page, at (and next to) every run.
     _failed(transition)
-    views, spec = _STATES[transition]
-    program, notes = w.reach(views, spec.pid)
-    if any(n.startswith("approximation") for n in notes):     # the caller was built alone
-        views = [v for v in views if v.pid == spec.pid and v.state == d.RUNNING][-1:]
-    delta, kept = w._choose_delta(views, w.StepSpec("observe", spec.pid, {}), [])
-    pid, state = _reached(program)
+    _assert_reaches(*_STATES[transition])
+
+
+def test_a_brk_counterexample_wider_than_free_space_is_reached_around_the_heap():
+    # Runs from page 2 to just under the stack: no move fits them all. brk's program keeps the
+    # runs next to the heap, so reaching its before-state builds those, heap-relative.
+    heap = 0x5000_0000
+    views = [view([run(2, 1, 3), run((heap >> 12) + 1, 2, 3, frame=4, mapped=True), run(0x7000_0000_0, 1, 1)],
+                  brk_start=heap, brk=heap + 0x3000, words={4: 9})]
+    spec = w.StepSpec("brk", 7, {"addr": heap + 0x1000})
+    reached = _assert_reaches(views, spec)
+    assert [(iv.lo, iv.hi) for iv in reached.views[0].intervals] == [((heap >> 12) + 1, (heap >> 12) + 3)]
+    assert any(isinstance(s.args[0], Ref) for s in reached.program.steps if s.op == "mmap")
+
+
+def _assert_reaches(views, spec) -> w.Reached:
+    reached = w.reach(views, spec)
+    pid, state = _reached(reached.program)
     by_pid = {p.pid: p for p in state.procs}
-    caller = next(v for v in kept if v.pid == spec.pid)
-    others = [v for v in kept if v is not caller]
+    caller = next(v for v in reached.views if v.pid == spec.pid and v.state == d.RUNNING)
+    others = [v for v in reached.views if v is not caller]
+
+    def impl_page(page: int) -> int:        # where the program put a counterexample page
+        at = reached.addr(page << 12)
+        return (by_pid[pid].brk_start + at.offset if isinstance(at, Ref) else at) >> 12
     pairs = [(caller, by_pid[pid])]
     if others:       # the other process is the caller's parent or child in impl's tree
         relative = by_pid[pid].parent if others[0].pid == caller.parent else \
@@ -365,14 +381,15 @@ def test_the_program_reaches_the_counterexamples_before_state(transition):
             continue
         for iv in view_.intervals:
             for k in {iv.lo, iv.hi - 1}:
-                page = k + (delta >> 12)
+                page = impl_page(k)
                 assert d.find_vma(proc.vmas, page) == (True, iv.prot, iv.shared), (hex(page << 12), iv)
                 # A page holding a frame holds one in impl too (the converse need not hold: a shared
                 # mapping is populated at mmap, and a frame holding 0 reads as no frame does).
-                assert d.pte_mapped(proc.pt.get(page)) or not iv.mapped, (hex(page << 12), iv, dumps(program))
+                assert d.pte_mapped(proc.pt.get(page)) or not iv.mapped, (hex(page << 12), iv, dumps(reached.program))
             for k in (iv.lo - 1, iv.hi):
                 if not any(x.lo <= k < x.hi for x in view_.intervals):
-                    assert not d.find_vma(proc.vmas, k + (delta >> 12))[0], hex((k << 12) + delta)
+                    assert not d.find_vma(proc.vmas, impl_page(k))[0], hex(impl_page(k) << 12)
+    return reached
 
 
 def test_a_step_over_all_of_user_space_is_cut_to_the_runs_it_covers():
