@@ -57,26 +57,32 @@ def test_linux_reproducers_are_skipped_with_the_reason_where_linux_cannot_run(tm
     assert skipped is not None and "ptrace is not permitted" in skipped.get("message")
 
 
-def test_a_failed_proof_reaches_the_junit_report_with_its_program(tmp_path: Path, monkeypatch) -> None:
-    """A level-2 munmap that unmaps nothing fails its refinement obligation; the gate fails and the
-    JUnit failure carries the counterexample and the program that reaches it."""
+def _gate_with_munmap_unmapping_nothing(tmp: str) -> int:
+    """In a process of its own (prove.call_apart): the gate's proofs, one obligation, with level 2's
+    munmap broken (proved in that process, where the patch is)."""
     from forkspec.model import design as d
     from forkspec.oracle._internal import gate as gate_mod
-    from forkspec.oracle.encoding import loads
     from forkspec.specs import prove
-
     orig_munmap, orig_run = d.munmap, prove.run
 
     def munmap_nothing(s, a, c):
         allowed, out, _ = orig_munmap(s, a, c)
         return allowed, out, s
-    monkeypatch.setattr(d, "munmap", munmap_nothing)
-    # In this process (isolated workers would not see the patch), one obligation.
-    monkeypatch.setattr(prove, "run", lambda **kw: orig_run(select="munmap-refines-level1", isolate=False, **kw))
-    corpus_dir = tmp_path / "corpus"
+    d.munmap = munmap_nothing
+    prove.run = lambda **kw: orig_run(select="munmap-refines-level1", isolate=False, **kw)
+    corpus_dir = Path(tmp) / "corpus"
     corpus_dir.mkdir()
-    out = io.StringIO()
-    code = gate_mod.run_gate(corpus_dir, examples=0, seed=0, junit=tmp_path / "gate.xml", proofs=True, out=out)
+    return gate_mod.run_gate(corpus_dir, examples=0, seed=0, junit=Path(tmp) / "gate.xml", proofs=True,
+                             out=io.StringIO())
+
+
+def test_a_failed_proof_reaches_the_junit_report_with_its_program(tmp_path: Path) -> None:
+    """A level-2 munmap that unmaps nothing fails its refinement obligation; the gate fails and the
+    JUnit failure carries the counterexample and the program that reaches it."""
+    from forkspec.oracle.encoding import loads
+    from forkspec.specs import prove
+
+    code = prove.call_apart(_gate_with_munmap_unmapping_nothing, str(tmp_path))
     assert code == 1
     failure = ET.parse(tmp_path / "gate.xml").getroot().find(".//testsuite[@name='proofs']/testcase/failure")
     assert failure is not None

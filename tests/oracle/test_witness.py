@@ -8,7 +8,6 @@ and the model, and where impl can have the same bug (a zoo entry) the program ca
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import pytest
 
@@ -220,23 +219,31 @@ _RESULTS: dict[str, prove.ProofResult] = {}
 _STATES: dict[str, tuple] = {}
 
 
-SEEDS = 4      # Z3's counterexample depends on the seed and on what ran before in the process
+SEEDS = 4      # Z3's counterexample depends on the seed
+
+
+def _refute(transition: str, seed: int) -> tuple[prove.ProofResult, tuple]:
+    """In a process of its own (prove.call_apart): the broken transition's failing obligation, and
+    the before-state and step the witness read."""
+    inv, breaker = BROKEN[transition]
+    t = ob.TRANSITIONS[transition]
+    seen = []
+
+    def record(model, name, ctx):
+        seen.append((w.read_state(model, ctx.states["before"], set()), w.step_spec(model, name, ctx)))
+        return w.program_for(model, name, ctx)
+    res = prove.prove_one(ob.preserves(t, inv, fn=breaker(t.fn)), seed=seed, timeout_s=120, witness=record)
+    return res, seen[0] if seen else ()
 
 
 def _failed(transition: str) -> prove.ProofResult:
-    """The broken transition's failing obligation, proved once per test session; the before-state
-    the witness read is kept in _STATES. Some counterexamples have no program (a break next to the
-    stack, say): the first of SEEDS seeds whose counterexample has one is taken."""
+    """The broken transition's failing obligation, proved once per test session, apart (the
+    counterexample then depends only on the obligation and the seed); the before-state the witness
+    read is kept in _STATES. Some counterexamples have no program (a break next to the stack, say):
+    the first of SEEDS seeds whose counterexample has one is taken."""
     if transition not in _RESULTS:
-        inv, breaker = BROKEN[transition]
-        t = ob.TRANSITIONS[transition]
-
-        def record(model, name, ctx):
-            spec = w.step_spec(model, name, ctx)
-            _STATES[transition] = (w.read_state(model, ctx.states["before"], set()), spec)
-            return w.program_for(model, name, ctx)
         for seed in range(SEEDS):
-            res = prove.prove_one(ob.preserves(t, inv, fn=breaker(t.fn)), seed=seed, timeout_s=120, witness=record)
+            res, _STATES[transition] = prove.call_apart(_refute, transition, seed)
             _RESULTS[transition] = res
             if not res.program.startswith(w.NO_PROGRAM):
                 break
@@ -285,20 +292,31 @@ def test_the_write_probe_after_mprotect_catches_stale_rights(plant):
     assert run_case(program, Config(plant=frozenset({plant}))).verdict.status == "divergence"
 
 
-def test_cli_writes_one_file_per_failed_obligation(monkeypatch, tmp_path, capsys):
+def _prove_cli_with_broken_munmap(out: str) -> tuple[int, str]:
+    """In a process of its own: `forkspec prove --emit-programs` with level 2's munmap broken
+    (proved in that process, where the patch is); (exit code, what it printed)."""
+    import contextlib
+    import io
     inv, breaker = BROKEN["munmap"]
     t = ob.TRANSITIONS["munmap"]
-    monkeypatch.setitem(ob.TRANSITIONS, "munmap", dataclasses.replace(t, fn=breaker(t.fn)))
+    ob.TRANSITIONS["munmap"] = dataclasses.replace(t, fn=breaker(t.fn))
     run = prove.run
-    if "isolate" in inspect.signature(run).parameters:      # prove in this process, where the patch is
-        monkeypatch.setattr(prove, "run", lambda *a, **k: run(*a, **{**k, "isolate": False}))
+    prove.run = lambda *a, **k: run(*a, **{**k, "isolate": False})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = cli.main(["prove", "-k", f"munmap-preserves-{inv}", "--emit-programs", out])
+    return code, printed.getvalue()
+
+
+def test_cli_writes_one_file_per_failed_obligation(tmp_path):
+    inv, _ = BROKEN["munmap"]
     out = tmp_path / "programs"
-    assert cli.main(["prove", "-k", f"munmap-preserves-{inv}", "--emit-programs", str(out)]) == 1
+    code, printed = prove.call_apart(_prove_cli_with_broken_munmap, str(out))
+    assert code == 1
     files = sorted(out.iterdir())
     assert [f.name for f in files] == [f"munmap-preserves-{inv}.fsp"]
     assert cli.main(["replay", str(files[0])]) == 0
-    printed = capsys.readouterr()
-    assert "as a program" in printed.out and str(files[0]) in printed.err
+    assert "as a program" in printed and str(files[0]) in printed
 
 
 def test_emit_programs_without_a_program_builder_is_refused(capsys):

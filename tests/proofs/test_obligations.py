@@ -8,7 +8,7 @@ import pytest
 from forkspec.model import design as d
 from forkspec.specs import obligations as ob
 from forkspec.specs.invariants import INVARIANTS
-from forkspec.specs.prove import FAILED, PROVED, UNKNOWN, prove_one
+from forkspec.specs.prove import FAILED, PROVED, UNKNOWN, call_apart, prove_one
 
 ALL = ob.all_obligations()
 BY_NAME = {o.name: o for o in ALL}
@@ -120,6 +120,12 @@ def _fork_reparents_the_parent_under_the_child(s, a, c):
     return allowed, out, dataclasses.replace(new, procs=procs + new.procs[-1:])
 
 
+def _refute(transition, inv, broken):
+    """Runs in a process of its own (prove.call_apart): in the pytest process Z3's search, and so
+    which counterexample it finds, depends on the terms earlier tests built."""
+    return prove_one(ob.preserves(ob.TRANSITIONS[transition], inv, fn=broken))
+
+
 @pytest.mark.parametrize("transition,broken,inv", [
     ("fork_cow", _cow_no_wp, "inv_cow_private_writable_exclusive"),
     ("fork_cow", _cow_child_one_page_up, "inv_shared_frame_same_page"),
@@ -127,7 +133,7 @@ def _fork_reparents_the_parent_under_the_child(s, a, c):
     ("execve", execve_keeping_ptes, "inv_pte_in_vma"),
 ])
 def test_broken_transition_yields_counterexample(transition, broken, inv):
-    r = prove_one(ob.preserves(ob.TRANSITIONS[transition], inv, fn=broken))
+    r = call_apart(_refute, transition, inv, broken)
     assert r.verdict == FAILED
     # The counterexample is a readable state: processes and page-table entries.
     assert "before:" in r.counterexample and "after:" in r.counterexample
@@ -135,8 +141,7 @@ def test_broken_transition_yields_counterexample(transition, broken, inv):
 
 
 def test_a_parent_cycle_is_refuted_with_its_processes():
-    r = prove_one(ob.preserves(ob.TRANSITIONS["fork_cow"], "inv_parent_chain_acyclic",
-                               fn=_fork_reparents_the_parent_under_the_child))
+    r = call_apart(_refute, "fork_cow", "inv_parent_chain_acyclic", _fork_reparents_the_parent_under_the_child)
     assert r.verdict == FAILED and "process slot" in r.counterexample and " parent " in r.counterexample
 
 
@@ -145,12 +150,18 @@ def test_the_correct_transition_proves_the_same_obligation(proved):
     assert proved([name])[name].verdict == PROVED
 
 
+def _prove_starved(name, rlimit):
+    """Runs in a process of its own (prove.call_apart): the named obligation under a tiny rlimit."""
+    return prove_one(BY_NAME[name], rlimit=rlimit)
+
+
 def test_unknown_is_not_a_pass():
-    r = prove_one(BY_NAME["mmap-preserves-inv_rmap_inverts_pt"], rlimit=1000)
+    r = call_apart(_prove_starved, "mmap-preserves-inv_rmap_inverts_pt", 1000)
     assert r.verdict == UNKNOWN and not r.ok
 
 
 def test_vacuous_hypotheses_fail_a_sat_check():
+    # In this process: a hand-made contradiction (False) that Z3's preprocessing decides, no search.
     contradictory = ob.Obligation("contradiction", "sat", lambda: ([d._as_bool(False)], d._as_bool(True),
                                                                     ob.Ctx({}, {})), expect="sat")
     assert prove_one(contradictory).verdict == FAILED

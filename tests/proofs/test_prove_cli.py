@@ -52,16 +52,28 @@ def test_main_bad_argument_is_one_line_and_exit_2(argv, capsys):
     assert err.startswith("forkspec prove:") and "\n" not in err
 
 
-def test_main_exit_one_and_counterexample_on_failure(monkeypatch, capsys):
+def _main_with_broken_exit() -> tuple[int, str]:
+    """In a process of its own (prove.call_apart): `forkspec prove` over one obligation whose exit
+    keeps the old frames; (exit code, what it printed)."""
+    import contextlib
+    import io
+
     def broken_exit(s, a, c):
         allowed, out, new = d.exit(s, a, c)
         return allowed, out, new.__class__(procs=new.procs, frames=s.frames, reaper=new.reaper, cow=new.cow)
     bad = ob.preserves(ob.TRANSITIONS["exit"], "inv_refcount_counts_mappings", fn=broken_exit)
-    monkeypatch.setattr(prove, "all_obligations", lambda: [bad])
-    # prove in this process, where the patch is (isolated workers rebuild the real obligations)
-    monkeypatch.setattr(prove, "run", functools.partial(prove.run, isolate=False))
-    assert prove.main([]) == 1
-    out = capsys.readouterr().out
+    prove.all_obligations = lambda: [bad]
+    # proved in this process, where the patch is (isolated workers rebuild the real obligations)
+    prove.run = functools.partial(prove.run, isolate=False)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = prove.main([])
+    return code, printed.getvalue()
+
+
+def test_main_exit_one_and_counterexample_on_failure():
+    code, out = prove.call_apart(_main_with_broken_exit)
+    assert code == 1
     assert "failed" in out and "frame" in out and "refcount" in out
 
 

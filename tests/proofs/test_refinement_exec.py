@@ -18,7 +18,7 @@ from forkspec.model.refinement import exec as rx
 from forkspec.model.refinement import relation as rel
 from forkspec.model.state import ATTR_KIND, ATTR_KIND_SHIFT, ATTR_PROT, Kind
 from forkspec.specs.obligations import FEATURE_SUFFIX, feature_checks, small_states
-from forkspec.specs.prove import FAILED, PROVED, prove_one
+from forkspec.specs.prove import FAILED, PROVED, call_apart, prove_one
 
 BY_NAME = {o.name: o for o in r.obligations()}
 EXEC_NAMES = [n for n in BY_NAME if n.startswith("execve-refines-level1")]
@@ -191,6 +191,20 @@ def _wipes_dropped_frames(s, a, c):
     return allowed, out, dataclasses.replace(new, frames=frames)
 
 
+def _counterexample_search(case: tuple, breaker) -> str:
+    """Runs in a process of its own (prove.call_apart): Z3's answer, as text, to a counterexample
+    among small states to the execve obligation `case` with level 2's execve replaced by `breaker`."""
+    d._fresh = itertools.count()
+    with small_states():
+        hyps, goal, _ = rx.exec_obligation(*case, fn=breaker).build()
+    solver = z3.Solver()
+    solver.set("rlimit", 100_000_000)
+    solver.set("smt.random_seed", 0)
+    solver.set("smt.mbqi", False)
+    solver.add(*hyps, z3.Not(goal))
+    return str(solver.check())
+
+
 @pytest.mark.parametrize("case, breaker", [
     (("alone", rel.ROOT, "split-bss", "linux", ""), _keeps_old_pages),
     (("alone", rel.ROOT, "split", "linux", ""), _text_without_its_word),
@@ -201,21 +215,19 @@ def _wipes_dropped_frames(s, a, c):
 def test_broken_execve_is_refuted(case, breaker):
     """A counterexample among small states (maps with two entries: real, concrete states), searched
     directly: prove_one first spends its whole timeout on the full symbolic state, where the
-    two-process shapes' counterexamples took 30-60 s to find."""
-    d._fresh = itertools.count()
-    with small_states():
-        hyps, goal, _ = rx.exec_obligation(*case, fn=breaker).build()
-    solver = z3.Solver()
-    solver.set("rlimit", 100_000_000)
-    solver.set("smt.random_seed", 0)
-    solver.set("smt.mbqi", False)
-    solver.add(*hyps, z3.Not(goal))
-    assert solver.check() == z3.sat
+    two-process shapes' counterexamples took 30-60 s to find. Apart: in the pytest process Z3's
+    search depends on the terms earlier tests built."""
+    assert call_apart(_counterexample_search, case, breaker) == "sat"
+
+
+def _refute_text_without_its_word():
+    """Runs in a process of its own (prove.call_apart)."""
+    return prove_one(rx.exec_obligation("alone", rel.ROOT, "split", "linux", fn=_text_without_its_word),
+                     rlimit=60_000_000, timeout_s=30)
 
 
 def test_broken_execve_counterexample_is_printed():
-    res = prove_one(rx.exec_obligation("alone", rel.ROOT, "split", "linux", fn=_text_without_its_word),
-                    rlimit=60_000_000, timeout_s=30)
+    res = call_apart(_refute_text_without_its_word)
     assert res.verdict == FAILED
     assert "before:" in res.counterexample and "[0x400000, 0x401000) r-x" in res.counterexample
 

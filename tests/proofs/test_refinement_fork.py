@@ -16,7 +16,7 @@ from forkspec.model import state as state1
 from forkspec.model.refinement import fork as rf
 from forkspec.model.refinement import relation as rel
 from forkspec.specs.obligations import FEATURE_SUFFIX, TRANSITIONS, feature_checks, preserves, small_states
-from forkspec.specs.prove import FAILED, PROVED, prove_one, proved_apart
+from forkspec.specs.prove import FAILED, PROVED, call_apart, prove_one, proved_apart
 
 BY_NAME = {o.name: o for o in r.obligations()}
 SOURCES = rf.sources()
@@ -87,7 +87,9 @@ def test_every_fork_obligation_and_the_copy_on_write_store_declare_a_feature():
 
 def counterexample_search(o, rlimit: int = 100_000_000):
     """Z3's answer to: a counterexample to the obligation among small states (maps with two entries,
-    as prove_one's fallback search), a model of its hypotheses where the goal fails."""
+    as prove_one's fallback search), a model of its hypotheses where the goal fails. Only in a
+    process of its own (searched_apart): in the pytest process the answer depends on the terms
+    earlier tests built."""
     d._fresh = itertools.count()
     with small_states():
         hyps, goal, _ = o.build()
@@ -98,8 +100,28 @@ def counterexample_search(o, rlimit: int = 100_000_000):
     return solver.check()
 
 
-def refuted(o, rlimit: int = 100_000_000) -> bool:
-    return counterexample_search(o, rlimit) == z3.sat
+def _search_patched(make, args: tuple, patches: tuple) -> str:
+    """Runs in a process of its own (prove.call_apart): level 2's functions replaced as `patches`
+    ((attribute of design, replacement) pairs) say, then Z3's answer, as text, to the counterexample
+    search over make(*args)."""
+    for attr, replacement in patches:
+        setattr(d, attr, replacement)
+    return str(counterexample_search(make(*args)))
+
+
+def searched_apart(make, *args, patches: tuple = ()) -> str:
+    """counterexample_search(make(*args)) with `patches` applied, in a process of its own: "sat"
+    (a counterexample), "unsat" or "unknown". `make`, the patches' replacements and `args` are
+    module-level functions and plain data (they are pickled)."""
+    return call_apart(_search_patched, make, args, patches)
+
+
+def refuted(make, *args, patches: tuple = ()) -> bool:
+    return searched_apart(make, *args, patches=patches) == "sat"
+
+
+def _by_name(name: str):
+    return BY_NAME[name]
 
 
 ORIG_FORK = d.fork
@@ -144,6 +166,10 @@ def _eager_copies_shared_pages(s, a, c):
                                                               for p, v in zip(new.procs, vmas)))
 
 
+def _fork_by_root_alone(kind: str, breaker):
+    return rf.fork_obligation(kind, "alone", rel.ROOT, fn=breaker)
+
+
 @pytest.mark.parametrize("kind, breaker", [
     ("fork_cow", _cow_child_without_page_table),
     ("fork_eager", _eager_without_copy),
@@ -152,21 +178,26 @@ def _eager_copies_shared_pages(s, a, c):
     ("vfork", _vfork_child_forgets_lender),
 ])
 def test_broken_fork_is_refuted(kind, breaker):
-    assert refuted(rf.fork_obligation(kind, "alone", rel.ROOT, fn=breaker))
+    assert refuted(_fork_by_root_alone, kind, breaker)
 
 
-def test_release_without_the_break_is_refuted(monkeypatch):
+ORIG_RELEASE_MM = d._release_mm
+
+
+def _release_without_the_break(s, pid, fresh):
+    """Exit by a vfork child that hands back VMAs and page table but not the break (the parent keeps
+    its own, stale one)."""
+    new = ORIG_RELEASE_MM(s, pid, fresh)
+    procs = tuple(d.sel(d.eq(q.state, d.BLOCKED), dataclasses.replace(p, brk_start=q.brk_start, brk=q.brk), p)
+                  for p, q in zip(new.procs, s.procs))
+    return dataclasses.replace(new, procs=procs)
+
+
+def test_release_without_the_break_is_refuted():
     """Exit by a vfork child that hands back VMAs and page table but not the break (the parent kept its
     own, stale one): level 1's parent sees the child's break (one shared mm)."""
-    orig = d._release_mm
-
-    def broken(s, pid, fresh):
-        new = orig(s, pid, fresh)
-        procs = tuple(d.sel(d.eq(q.state, d.BLOCKED), dataclasses.replace(p, brk_start=q.brk_start, brk=q.brk), p)
-                      for p, q in zip(new.procs, s.procs))
-        return dataclasses.replace(new, procs=procs)
-    monkeypatch.setattr(d, "_release_mm", broken)
-    assert refuted(BY_NAME["exit-refines-level1[vfork-child-by-other]"])
+    assert refuted(_by_name, "exit-refines-level1[vfork-child-by-other]",
+                   patches=(("_release_mm", _release_without_the_break),))
 
 
 # Faults R cannot see at the fork (the words are equal right after it; a later store would tell): the
@@ -189,12 +220,17 @@ def _vfork_parent_keeps_page_table(s, a, c):
     return allowed, out, dataclasses.replace(new, procs=procs)
 
 
+def _refute_preservation(transition: str, inv: str, breaker):
+    """Runs in a process of its own (prove.call_apart)."""
+    return prove_one(preserves(TRANSITIONS[transition], inv, fn=breaker), rlimit=60_000_000, timeout_s=60)
+
+
 @pytest.mark.parametrize("transition, inv, breaker", [
     ("fork_cow", "inv_cow_private_writable_exclusive", _cow_without_write_protect),
     ("vfork", "inv_idle_holds_nothing", _vfork_parent_keeps_page_table),
 ])
 def test_broken_fork_breaks_an_invariant(transition, inv, breaker):
-    res = prove_one(preserves(TRANSITIONS[transition], inv, fn=breaker), rlimit=60_000_000, timeout_s=60)
+    res = call_apart(_refute_preservation, transition, inv, breaker)
     assert res.verdict == FAILED
 
 
@@ -225,14 +261,18 @@ def test_store_by_every_caller_of_every_two_process_shape_proved(name, every_sto
     assert every_store_results[name].verdict == PROVED, every_store_results[name].counterexample
 
 
-def test_store_without_copy_on_write_is_refuted(monkeypatch):
+def _refcount_one(s, f):
+    return 1
+
+
+def test_store_without_copy_on_write_is_refuted():
     """A store that writes a shared private frame in place (it sees every reference count as 1): the
     other process's word at the same address changes at level 2, not at level 1. (At another page
     it cannot: a frame two processes share sits at the same page in both, inv_shared_frame_same_page.)"""
-    monkeypatch.setattr(d, "refcount_of", lambda s, f: 1)
-    assert refuted(BY_NAME["store-refines-level1[running-child-by-root-same-page]"])
-    assert counterexample_search(BY_NAME["store-refines-level1[running-child-by-root-other-page-other-process]"]) \
-        == z3.unsat
+    in_place = (("refcount_of", _refcount_one),)
+    assert refuted(_by_name, "store-refines-level1[running-child-by-root-same-page]", patches=in_place)
+    assert searched_apart(_by_name, "store-refines-level1[running-child-by-root-other-page-other-process]",
+                          patches=in_place) == "unsat"
 
 
 # --- loads in two-process shapes ------------------------------------------------------------------
@@ -249,15 +289,16 @@ def test_load_in_two_process_shape_proved(name, proved_here):
 
 
 @pytest.mark.parametrize("shape, caller", [("running-child", rel.ROOT), ("orphan", rel.OTHER)])
-def test_a_load_reading_the_other_process_is_refuted(monkeypatch, shape, caller):
-    orig = d.load
-    monkeypatch.setattr(d, "load", lambda s, a, c: _load_other_process_with(orig, s, a, c))
-    assert refuted(rf.load_obligation(shape, caller))
+def test_a_load_reading_the_other_process_is_refuted(shape, caller):
+    assert refuted(rf.load_obligation, shape, caller, patches=(("load", _load_other_process),))
 
 
-def _load_other_process_with(orig, s, a, c):
+ORIG_LOAD = d.load
+
+
+def _load_other_process(s, a, c):
     """A load that reads the word of the other process's frame at the same page (a page-table mix-up)."""
-    allowed, out, new = orig(s, a, c)
+    allowed, out, new = ORIG_LOAD(s, a, c)
     _, me = d.find_proc(s, a.pid)
     others = [p for p in s.procs if p is not me]
     pte = others[0].pt.get(d.vpn_of(a.va))
