@@ -25,14 +25,19 @@ twin (specs/obligations.with_vacuity_checks); the scope, and what is not covered
 - munmap, mprotect, brk, load, store: one process; loads and stores are 8-byte, page-aligned;
   the contents clause after munmap, mprotect and brk is proved by obligations of its own
   (mm.contents_obligation), per case of the step.
+- munmap, mprotect, brk in two-process shapes (mm.shape_obligations): the caller's clauses, the
+  other process's slot and the sharing clause; the suite proves the running-child shape by the
+  parent and the vfork-child shape by the child (mm.SHAPE_SOURCES), tests every running caller of
+  every two-process shape (marked slow, run by CI).
 - exit, wait4 (WNOHANG), fork, vfork: per level-1 tree shape with at most two processes before
   the step (SHAPES, a vfork in progress included) and each running caller; states of three
   processes (after a fork from a two-process shape) are not a source shape.
 - load in every two-process shape by each running caller (fork.load_obligations).
 - store after a fork (the copy-on-write break, the other process unchanged): the running-child
   shape, store by the parent; the other callers and the orphan shape are proved by tests (marked slow, run by CI).
-  The sharing clauses R gained for fork are proved kept by fork, vfork, exit, wait4 and that
-  store, not by munmap/mprotect/brk in two-process shapes (those obligations have one process).
+  The sharing clauses R gained for fork are proved kept by fork, vfork, exit, wait4, that store
+  and munmap/mprotect/brk (above), and by execve per shape; mmap's obligations have one process,
+  so mmap next to another process is not related.
 - execve: per representative image (every layout the ELF writer makes) under the Linux and
   levitate layouts and per shape (a vfork child's execve unblocks its parent); the segments are
   taken from level 1's result; Linux's growsdown [stack] and [vdso]/[vvar] are not related.
