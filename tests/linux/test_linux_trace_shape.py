@@ -187,8 +187,11 @@ def normalised(trace) -> list:
             layouts[event.pid] = event.layout
             out.append(("Exec", value(event.pid), event.layout))
         elif isinstance(event, (Exit, Signal)):
+            # si_addr may be a pid: a parent whose text its vfork child replaced runs into the new
+            # page and faults at [rax], which holds the child's pid.
             out.append((type(event).__name__, value(event.pid)) + tuple(
-                getattr(event, f) for f in ("status", "signo", "si_code", "si_addr") if hasattr(event, f)))
+                value(getattr(event, f)) if f == "si_addr" else getattr(event, f)
+                for f in ("status", "signo", "si_code", "si_addr") if hasattr(event, f)))
         elif isinstance(event, Output):
             out.append(("Output", value(event.pid), event.fd, event.data))
         else:
