@@ -36,12 +36,14 @@ twin (specs/obligations.with_vacuity_checks); the scope, and what is not covered
 - store after a fork (the copy-on-write break, the other process unchanged): the running-child
   shape, store by the parent; the other callers and the orphan shape are proved by tests (marked slow, run by CI).
   The sharing clauses R gained for fork are proved kept by fork, vfork, exit, wait4, that store
-  and munmap/mprotect/brk (above), and by execve per shape; mmap's obligations have one process,
-  so mmap next to another process is not related.
+  and munmap/mprotect/brk (above), and by execve per shape. mmap next to another process: its
+  slot is proved untouched (mmap.other_process_obligation, every two-process shape and running
+  caller), but the caller's own clauses and the sharing clause after mmap are proved with one
+  process only.
 - execve: per representative image (every layout the ELF writer makes) under the Linux and
   levitate layouts and per shape (a vfork child's execve unblocks its parent); the segments are
   taken from level 1's result; Linux's growsdown [stack] and [vdso]/[vvar] are not related.
-- mmap: outside MAP_GROWSDOWN, MAP_DROPPABLE and resource failures (mmap.SCOPE), with level 1's
+- mmap (one process; see above for two): outside MAP_GROWSDOWN, MAP_DROPPABLE and resource failures (mmap.SCOPE), with level 1's
   placement as level 2's choice; its hypothesis that level 1's next backing object reads zero
   (mmap.fresh_object_unused) is proved from the level-1 invariant inv1_fresh_objects_unused
   (specs/invariants1.py: initial, preserved by every level-1 memory transition, implies it).

@@ -1,5 +1,5 @@
-"""Refinement of mmap (one process): level 2's mmap, given level 1's placement as its choice,
-refines level 1's.
+"""Refinement of mmap (one process; in two-process shapes, the other process's slot only:
+other_process_obligation): level 2's mmap, given level 1's placement as its choice, refines level 1's.
 
 The correspondence:
 - arguments: the same addr, length, prot, flags and offset (level 1's fd is free: with
@@ -46,7 +46,8 @@ from ...specs.abi import MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROW
 from .. import design as d
 from .. import mm as mm1
 from ..logic import band, eq, ne
-from .relation import PID, _states, contents_at, related
+from .relation import (PID, ROOT, SHAPES, _states, _tree_states, contents_at, layout_of, populated_page, related,
+                       slot_related, tree_related)
 
 SCOPE = "no-growsdown-droppable-resource-failure"
 PARTS = ("outcome-fixed", "outcome-placed", "instances", "attrs", "contents")
@@ -77,15 +78,16 @@ def succeeded(out: Any) -> Any:
     return z3.ULT(out, TASK_SIZE)
 
 
-def _step(fn: Any = None):
+def _step(fn: Any = None, shape: str | None = None, caller: int = PID):
+    """Both levels' mmap by `caller`, from one-process states (shape None) or a shape's."""
     from ...specs.obligations import sym_alloc
-    s2, s1, ctx = _states()
+    s2, s1, ctx = _states() if shape is None else _tree_states(shape, layout_of(shape), pin=True)
     addr, length, prot, flags, fd, offset, placed = (
         z3.BitVec(f"refine.{n}", 64) for n in ("addr", "length", "prot", "flags", "fd", "offset", "placed"))
     # No resource failure chosen (MmapChoice.fail = 0): part of the scope.
-    r1 = mm1.mmap(s1, mm1.MmapArgs(PID, addr, length, prot, flags, fd, offset), mm1.MmapChoice(addr=placed))
+    r1 = mm1.mmap(s1, mm1.MmapArgs(caller, addr, length, prot, flags, fd, offset), mm1.MmapChoice(addr=placed))
     choice = d.Choice(addr=r1.start, alloc=sym_alloc("refine.alloc"))
-    allowed2, out2, new2 = (fn or d.mmap)(s2, d.MmapArgs(PID, addr, length, prot, flags, offset), choice)
+    allowed2, out2, new2 = (fn or d.mmap)(s2, d.MmapArgs(caller, addr, length, prot, flags, offset), choice)
     args = {"addr": addr, "length": length, "prot": prot, "flags": flags, "offset": offset,
             "placed (level 1's pick)": placed}
     return s2, s1, ctx, allowed2, out2, new2, r1, choice, args
@@ -157,5 +159,41 @@ def obligation(part: str, fn: Any = None):
     return Obligation(f"mmap-refines-level1[{part}:{SCOPE}]", "refine", build, tactic="ematching")
 
 
+def other_process_obligation(shape: str, caller: int, fn: Any = None):
+    """mmap by `caller` in a two-process shape leaves the other process's slot related (its VMAs,
+    page table, break and words, at both levels): in particular MAP_SHARED's fresh frames are none
+    the other maps. R before, the invariants and `allowed` (with level 2's alloc_ok) enter as their
+    instances at a free page `kx`, `at`'s page and the frames mapped or allocated there, as
+    mm.other_obligation. The caller's own clauses and the sharing clause after mmap are proved with
+    one process only (see the module docstring)."""
+    from ...specs.obligations import Ctx, Obligation, invariants_hold
+    from .fork import _instances
+
+    def build() -> tuple:
+        layout = layout_of(shape)
+        s2, s1, ctx, allowed2, out2, new2, r1, choice, args = _step(fn, shape, caller)
+        kx = z3.BitVec("refine.kx", 64)
+        at = z3.Concat(z3.BitVec("refine.at_page", 52), z3.BitVecVal(0, 12))
+        pages = (kx, d.vpn_of(at))
+        frames = tuple(p.pt.get(k)[0] for p in s2.procs for k in pages)
+        keys = pages + frames + tuple(choice.alloc.fwd.get(k)[0] for k in pages) \
+            + tuple(choice.alloc.inv.get(f)[1] for f in frames)
+        hyps = [_instances(inv, keys, ()) for inv in invariants_hold(s2)] + [
+            _instances(tree_related(s2, s1, layout), pages, (at,)), _instances(d._as_bool(allowed2), keys, ()),
+            d._as_bool(r1.allowed), in_scope(args["flags"])] + list(ctx.facts)
+        (j,) = [j for j, pid in enumerate(layout) if pid != caller and pid in s1.procs]
+        goal = _instances(slot_related(new2, r1.state, layout, j, at), (kx,), (at,))
+        args.update({"page": kx, "at": at, "outcome (level 2)": out2, "outcome (level 1)": r1.outcome})
+        return hyps, goal, Ctx({"before": s2, "after": new2}, args)
+    who = "root" if caller == ROOT else "other"
+    other = [(pid, run) for pid, _, run, _ in SHAPES[shape] if pid != caller]
+    # The other process maps a frame holding a non-zero word (only a running one maps anything).
+    feature = populated_page(other[0][0], private=False) if other[0][1] == "running" else None
+    return Obligation(f"mmap-refines-level1[{shape}-by-{who}-other-process:{SCOPE}]", "refine", build,
+                      tactic="push-ite", feature=feature)
+
+
 def obligations() -> list:
-    return [obligation(part) for part in PARTS]
+    from .fork import sources
+    return [obligation(part) for part in PARTS] + [other_process_obligation(shape, caller) for shape, caller in sources()
+                                                   if len(SHAPES[shape]) > 1]

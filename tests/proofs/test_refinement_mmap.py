@@ -165,3 +165,42 @@ def test_contents_hypotheses_hold_for_a_new_mapping(shared):
     """Vacuity: the contents obligation's hypotheses (with the instances and the fresh-object fact)
     hold together for a successful non-FIXED mmap whose range holds the checked address."""
     assert call_apart(_contents_hypotheses_with_a_new_mapping, shared) == "sat"
+
+
+# --- two-process shapes: the other process's slot ------------------------------------------------------
+
+OTHER_PROCESS = [o.name for o in rmmap.obligations() if "-other-process:" in o.name]
+
+
+def test_every_two_process_source_has_an_other_process_obligation():
+    from forkspec.model.refinement.fork import sources
+    from forkspec.model.refinement.relation import SHAPES
+    want = {(shape, "root" if caller == rmmap.ROOT else "other") for shape, caller in sources() if len(SHAPES[shape]) > 1}
+    got = {(n.split("[")[1].split("-by-")[0], n.split("-by-")[1].split("-")[0]) for n in OTHER_PROCESS}
+    assert got == want and len(want) == 6       # running-child and orphan by each, zombie-child, vfork-child
+
+
+@pytest.mark.parametrize("name", OTHER_PROCESS)
+def test_other_process_obligation_proved(name, proved):
+    res = proved([name])[name]
+    assert res.verdict == PROVED, res.counterexample
+
+
+def _alloc_any_frame(s, alloc, needs):
+    """An allocator that hands out frames without checking they are free."""
+    return True
+
+
+def _refute_other_process(shape: str, caller: int):
+    """In a process of its own: level 2's frame allocator broken, then the other-process obligation."""
+    from forkspec.specs.obligations import small_states
+    d._alloc_ok = _alloc_any_frame
+    with small_states():
+        return prove_one(rmmap.other_process_obligation(shape, caller), rlimit=60_000_000, timeout_s=90)
+
+
+def test_mmap_allocating_a_frame_the_other_process_maps_is_refuted():
+    # MAP_SHARED populates fresh frames with zeros: a frame still mapped by the child loses its word.
+    res = call_apart(_refute_other_process, "running-child", rmmap.ROOT)
+    assert res.verdict == FAILED, res.counterexample
+    assert "process slot 1" in res.counterexample
