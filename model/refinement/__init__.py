@@ -36,10 +36,10 @@ twin (specs/obligations.with_vacuity_checks); the scope, and what is not covered
 - store after a fork (the copy-on-write break, the other process unchanged): the running-child
   shape, store by the parent; the other callers and the orphan shape are proved by tests (marked slow, run by CI).
   The sharing clauses R gained for fork are proved kept by fork, vfork, exit, wait4, that store
-  and munmap/mprotect/brk (above), and by execve per shape. mmap next to another process: its
-  slot is proved untouched (mmap.other_process_obligation, every two-process shape and running
-  caller), but the caller's own clauses and the sharing clause after mmap are proved with one
-  process only.
+  and munmap/mprotect/brk (above), and by execve per shape. mmap next to another process: the
+  suite proves its slot untouched (mmap.other_process_obligation, every two-process shape and
+  running caller); the caller's chain and the sharing clause in those shapes are proved by tests
+  (mmap.every_shape_obligation, marked slow, run by CI), for the suite's time budget.
 - execve: per representative image (every layout the ELF writer makes) under the Linux and
   levitate layouts and per shape (a vfork child's execve unblocks its parent); the segments are
   taken from level 1's result; Linux's growsdown [stack] and [vdso]/[vvar] are not related.

@@ -11,7 +11,7 @@ import pytest
 
 from forkspec.model import design as d
 from forkspec.model.refinement import mm as rmm
-from forkspec.model.refinement.relation import OTHER, ROOT, SHAPES
+from forkspec.model.refinement.relation import ROOT, SHAPES
 from forkspec.specs import obligations as ob
 from forkspec.specs.prove import FAILED, PROVED, call_apart, decide_sat_checks, prove_one, run_measured
 

@@ -204,3 +204,35 @@ def test_mmap_allocating_a_frame_the_other_process_maps_is_refuted():
     res = call_apart(_refute_other_process, "running-child", rmmap.ROOT)
     assert res.verdict == FAILED, res.counterexample
     assert "process slot 1" in res.counterexample
+
+
+@pytest.mark.slow
+def test_every_shape_chain_and_sharing_is_proved_with_satisfiable_hypotheses():
+    from forkspec.specs.obligations import VACUITY_SUFFIX
+    from forkspec.specs.prove import decide_sat_checks, run_measured
+    names = [o.name for o in rmmap.every_shape_obligation()]
+    assert len(names) == 34            # 6 sources x 5 parts, and sharing where both processes run (4)
+    results = {r.obligation: r for r, _ in run_measured(names, jobs=2, source=rmmap.every_shape_obligation)}
+    assert [n for n in names if results[n].verdict != PROVED] == []
+    twins = decide_sat_checks([n + VACUITY_SUFFIX for n in names], source=every_shape_twin)
+    assert [n for n, r in twins.items() if r.verdict != PROVED] == []
+
+
+def every_shape_twin() -> list:
+    from forkspec.specs.obligations import hypotheses_satisfiable
+    return [hypotheses_satisfiable(o) for o in rmmap.every_shape_obligation()]
+
+
+def _refute_sharing(shape: str, caller: int):
+    """In a process of its own: level 2's allocator broken, then the sharing obligation."""
+    from forkspec.specs.obligations import small_states
+    d._alloc_ok = _alloc_any_frame
+    with small_states():
+        return prove_one(rmmap.sharing_obligation(shape, caller), rlimit=60_000_000, timeout_s=90)
+
+
+def test_mmap_sharing_a_frame_with_the_other_process_is_refuted():
+    # A MAP_SHARED page of the caller's new object mapped onto a frame of the other's object: level
+    # 2 shares a frame where level 1 has two objects.
+    res = call_apart(_refute_sharing, "running-child", rmmap.ROOT)
+    assert res.verdict == FAILED, res.counterexample
