@@ -236,8 +236,9 @@ def _run_isolated(names: list[str], seed: int, rlimit: int, timeout_s: float, jo
 
 
 def call_apart(fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) in a process of its own, as run() proves an obligation, and its result. Tests make
-    every Z3 query through this or run(): in the pytest process Z3's search (and so an unknown, or
+    """fn(*args) in a process of its own, as run() proves an obligation, and its result. Tests run
+    every Z3 search over the model through this or run() (only tiny hand-made formulas and ground
+    agreement checks stay in-process): in the pytest process Z3's search (and so an unknown, or
     which counterexample it finds) depends on the terms earlier tests built. `fn` and `args` are
     pickled: module-level functions and plain data; `fn` applies any patch it needs itself."""
     (result,) = _map_apart(fn, [args], 1)

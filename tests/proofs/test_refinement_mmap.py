@@ -191,17 +191,18 @@ def _alloc_any_frame(s, alloc, needs):
     return True
 
 
-def _refute_other_process(shape: str, caller: int):
-    """In a process of its own: level 2's frame allocator broken, then the other-process obligation."""
+def _refute_with_any_frame(obligation: str, shape: str, caller: int):
+    """In a process of its own: level 2's frame allocator broken, then rmmap's `obligation`
+    ("other_process_obligation" or "sharing_obligation") for the shape and caller."""
     from forkspec.specs.obligations import small_states
     d._alloc_ok = _alloc_any_frame
     with small_states():
-        return prove_one(rmmap.other_process_obligation(shape, caller), rlimit=60_000_000, timeout_s=90)
+        return prove_one(getattr(rmmap, obligation)(shape, caller), rlimit=60_000_000, timeout_s=90)
 
 
 def test_mmap_allocating_a_frame_the_other_process_maps_is_refuted():
     # MAP_SHARED populates fresh frames with zeros: a frame still mapped by the child loses its word.
-    res = call_apart(_refute_other_process, "running-child", rmmap.ROOT)
+    res = call_apart(_refute_with_any_frame, "other_process_obligation", "running-child", rmmap.ROOT)
     assert res.verdict == FAILED, res.counterexample
     assert "process slot 1" in res.counterexample
 
@@ -223,16 +224,8 @@ def every_shape_twin() -> list:
     return [hypotheses_satisfiable(o) for o in rmmap.every_shape_obligation()]
 
 
-def _refute_sharing(shape: str, caller: int):
-    """In a process of its own: level 2's allocator broken, then the sharing obligation."""
-    from forkspec.specs.obligations import small_states
-    d._alloc_ok = _alloc_any_frame
-    with small_states():
-        return prove_one(rmmap.sharing_obligation(shape, caller), rlimit=60_000_000, timeout_s=90)
-
-
 def test_mmap_sharing_a_frame_with_the_other_process_is_refuted():
     # A MAP_SHARED page of the caller's new object mapped onto a frame of the other's object: level
     # 2 shares a frame where level 1 has two objects.
-    res = call_apart(_refute_sharing, "running-child", rmmap.ROOT)
+    res = call_apart(_refute_with_any_frame, "sharing_obligation", "running-child", rmmap.ROOT)
     assert res.verdict == FAILED, res.counterexample
