@@ -19,8 +19,9 @@ from ...specs.abi import TASK_SIZE, SiCode
 from .. import design as d
 from .. import mm as mm1
 from ..logic import bor, eq, first_true, ite, not_
-from .relation import (OTHER, PID, ROOT, SHAPES, _states, _tree_states, contents_at, contents_related, layout_of,
-                       populated_page, related, running_slots, sharing_at, slot_related, tree_related, word1)
+from .relation import (OTHER, PID, ROOT, SHAPES, _states, _tree_states, both_running, contents_at, contents_related,
+                       layout_of, other_slot, page_address, populated_page, related, running_slots, sharing_at,
+                       slot_related, tree_related, word1)
 
 
 def _step(name: str, shape: str | None = None, caller: int = PID):
@@ -186,7 +187,7 @@ def contents_obligation(name: str, part: str = "contents", shape: str | None = N
         s2, s1, ctx, allowed2, out2, new2, r1, (addr, length, prot) = _step(name, shape, caller)
         _, after2 = d.find_proc(new2, caller)
         _, p2 = d.find_proc(s2, caller)
-        at = z3.Concat(z3.BitVec("refine.at_page", 52), z3.BitVecVal(0, 12))
+        at = page_address()
         k = d.vpn_of(at)
         keys = (k, p2.pt.get(k)[0])
         hyps = [_instances(inv, keys, ()) for inv in invariants_hold(s2)] + [
@@ -230,9 +231,9 @@ def contents_obligation(name: str, part: str = "contents", shape: str | None = N
 # --- two processes: the caller's step and the rest of R ------------------------------------------
 # In a shape with another process (SHAPES), R after munmap / mprotect / brk by the caller is: the
 # caller's clauses (obligation_for and contents_obligation with the shape: the other process may
-# share the caller's frames copy-on-write or MAP_SHARED), the other process's slot (OTHER_PARTS "other-process": its VMAs, page table, break
-# and words unchanged at both levels, e.g. a munmap that frees a frame the other still maps is
-# refuted), and, when both run, the sharing clause ("sharing": a page the caller unmaps leaves no
+# share the caller's frames copy-on-write or MAP_SHARED), the other process's slot (OTHER_PARTS
+# "other-process": its VMAs, page table, break and words unchanged at both levels, e.g. a munmap
+# that frees a frame the other still maps is refuted), and, when both run, the sharing clause ("sharing": a page the caller unmaps leaves no
 # frame of the other's shared object behind). Each is proved at free constants (page `kx`, address
 # `at`) with R before instantiated there, as fork.store_obligation; "sharing" is chained on
 # obligation_for's equal outcomes and the caller's attributes after.
@@ -264,7 +265,7 @@ def other_obligation(name: str, shape: str, caller: int, part: str):
         layout = layout_of(shape)
         s2, s1, ctx, allowed2, out2, new2, r1, (addr, length, prot) = _step(name, shape, caller)
         kx = z3.BitVec("refine.kx", 64)
-        at = z3.Concat(z3.BitVec("refine.at_page", 52), z3.BitVecVal(0, 12))
+        at = page_address()
         pages = (kx, d.vpn_of(at))
         keys = pages + tuple(p.pt.get(k)[0] for p in s2.procs for k in pages)
         hyps = [_instances(inv, keys, ()) for inv in invariants_hold(s2)] + [
@@ -272,8 +273,7 @@ def other_obligation(name: str, shape: str, caller: int, part: str):
             d._as_bool(r1.allowed)] + list(ctx.facts)
         running = running_slots(s1, layout)
         if part == "other-process":
-            (j,) = [j for j, pid in enumerate(layout) if pid != caller and pid in s1.procs]
-            goal = _instances(slot_related(new2, r1.state, layout, j, at), (kx,), (at,))
+            goal = _instances(slot_related(new2, r1.state, layout, other_slot(s1, layout, caller), at), (kx,), (at,))
         else:
             _, after2 = d.find_proc(new2, caller)
             hyps += [d._as_bool(eq(r1.outcome, out2)),       # proved by obligation_for(name, shape, caller)
@@ -283,32 +283,30 @@ def other_obligation(name: str, shape: str, caller: int, part: str):
         return hyps, goal, Ctx({"before": s2, "after": new2},
                                {"addr": addr, "length": length, "prot": prot, "page": kx, "at": at,
                                 "outcome (level 2)": out2, "outcome (level 1)": r1.outcome})
-    two_running = sum(run == "running" for _, _, run, _ in SHAPES[shape]) == 2
     return Obligation(f"{name}-refines-level1{_label(shape, caller, part)}", "refine", build, tactic="push-ite",
-                      feature=shares_a_frame(caller, part == "sharing") if two_running else None)
+                      feature=shares_a_frame(caller, part == "sharing") if both_running(shape) else None)
 
 
 def shape_obligations(shape: str, caller: int) -> list:
     """Every munmap / mprotect / brk obligation for `caller` in `shape`."""
-    two_running = sum(run == "running" for _, _, run, _ in SHAPES[shape]) == 2
     obs = []
     for name, parts in CONTENTS_PARTS.items():
         obs.append(obligation_for(name, shape, caller))
         obs += [contents_obligation(name, part, shape, caller) for part in _with_untouched(parts)]
         obs += [other_obligation(name, shape, caller, part) for part in OTHER_PARTS
-                if part == "other-process" or two_running]
+                if part == "other-process" or both_running(shape)]
     return obs
 
 
 def every_shape_obligation() -> list:
     """shape_obligations for every running caller of every shape with two processes (the proof
-    suite proves SHAPE_SOURCES'; tests prove these, each in a process of its own)."""
+    suite proves those of SHAPE_SOURCES; tests prove these, each in a process of its own)."""
     from .fork import sources
     return [o for shape, caller in sources() if len(SHAPES[shape]) > 1 for o in shape_obligations(shape, caller)]
 
 
-# The proof suite's two-process sources, for its time budget (all 96 obligations cost 53 s of CPU,
-# these two 36 of them): the parent with a running child (frames shared copy-on-write and
+# The proof suite's two-process sources, for its time budget (measured before the page-untouched
+# links: all 96 obligations then cost 53 s of CPU, these two sources 36 of them): the parent with a running child (frames shared copy-on-write and
 # MAP_SHARED) and a vfork child in its lender's address space. The orphan shape differs in parent
 # pointers, which these steps neither read nor write; running-child by OTHER is the same with the
 # slots swapped; zombie-child is one address space. tests/proofs/test_refinement_mm_shapes.py

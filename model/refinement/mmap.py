@@ -48,8 +48,8 @@ from ...specs.abi import MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROW
 from .. import design as d
 from .. import mm as mm1
 from ..logic import band, eq, ne
-from .relation import (PID, ROOT, SHAPES, _states, _tree_states, contents_at, layout_of, populated_page, related,
-                       slot_related, tree_related)
+from .relation import (PID, ROOT, SHAPES, _states, _tree_states, both_running, contents_at, layout_of, other_slot,
+                       page_address, populated_page, related, slot_related, tree_related)
 
 SCOPE = "no-growsdown-droppable-resource-failure"
 PARTS = ("outcome-fixed", "outcome-placed", "instances", "attrs", "contents")
@@ -131,7 +131,7 @@ def obligation(part: str, fn: Any = None, shape: str | None = None, caller: int 
         _, after2 = d.find_proc(new2, caller)
         addr, length, flags = args["addr"], args["length"], args["flags"]
         # Every page-aligned address: the contents clause holds trivially at the others.
-        at = z3.Concat(z3.BitVec("refine.at_page", 52), z3.BitVecVal(0, 12))
+        at = page_address()
         same_outcome = d._as_bool(eq(out2, r1.outcome))         # proved by the two "outcome-*" parts
         instances = alloc_instances(s2, choice.alloc, r1.start, length, flags, out2, at, p2)  # the "instances" part
         fixed = d._as_bool(ne(band(flags, MAP_FIXED | MAP_FIXED_NOREPLACE), 0))
@@ -178,7 +178,7 @@ def other_process_obligation(shape: str, caller: int, fn: Any = None):
         layout = layout_of(shape)
         s2, s1, ctx, allowed2, out2, new2, r1, choice, args = _step(fn, shape, caller)
         kx = z3.BitVec("refine.kx", 64)
-        at = z3.Concat(z3.BitVec("refine.at_page", 52), z3.BitVecVal(0, 12))
+        at = page_address()
         pages = (kx, d.vpn_of(at))
         frames = tuple(p.pt.get(k)[0] for p in s2.procs for k in pages)
         keys = pages + frames + tuple(choice.alloc.fwd.get(k)[0] for k in pages) \
@@ -186,14 +186,13 @@ def other_process_obligation(shape: str, caller: int, fn: Any = None):
         hyps = [_instances(inv, keys, ()) for inv in invariants_hold(s2)] + [
             _instances(tree_related(s2, s1, layout), pages, (at,)), _instances(d._as_bool(allowed2), keys, ()),
             d._as_bool(r1.allowed), in_scope(args["flags"])] + list(ctx.facts)
-        (j,) = [j for j, pid in enumerate(layout) if pid != caller and pid in s1.procs]
-        goal = _instances(slot_related(new2, r1.state, layout, j, at), (kx,), (at,))
+        goal = _instances(slot_related(new2, r1.state, layout, other_slot(s1, layout, caller), at), (kx,), (at,))
         args.update({"page": kx, "at": at, "outcome (level 2)": out2, "outcome (level 1)": r1.outcome})
         return hyps, goal, Ctx({"before": s2, "after": new2}, args)
     who = "root" if caller == ROOT else "other"
-    other = [(pid, run) for pid, _, run, _ in SHAPES[shape] if pid != caller]
+    (other,) = [pid for pid, _, _, _ in SHAPES[shape] if pid != caller]
     # The other process maps a frame holding a non-zero word (only a running one maps anything).
-    feature = populated_page(other[0][0], private=False) if other[0][1] == "running" else None
+    feature = populated_page(other, private=False) if both_running(shape) else None
     return Obligation(f"mmap-refines-level1[{shape}-by-{who}-other-process:{SCOPE}]", "refine", build,
                       tactic="push-ite", feature=feature)
 
@@ -247,7 +246,7 @@ def every_shape_obligation() -> list:
     for shape, caller in sources():
         if len(SHAPES[shape]) > 1:
             obs += [obligation(part, None, shape, caller) for part in PARTS]
-            if sum(run == "running" for _, _, run, _ in SHAPES[shape]) == 2:
+            if both_running(shape):
                 obs.append(sharing_obligation(shape, caller))
     return obs
 

@@ -270,6 +270,24 @@ def running_slots(s1: Any, layout: tuple) -> list[tuple[int, int]]:
             if pid not in layout[j + 1:] and pid in s1.procs and s1.procs[pid].run == Run.running]
 
 
+def both_running(shape: str) -> bool:
+    """The shape has two running processes (R's sharing clause relates them)."""
+    return sum(run == "running" for _, _, run, _ in SHAPES[shape]) == 2
+
+
+def other_slot(s1: Any, layout: tuple, caller: int) -> int:
+    """The slot of the one level-1 process of a two-process shape that is not the caller."""
+    (j,) = [j for j, pid in enumerate(layout) if pid != caller and pid in s1.procs]
+    return j
+
+
+def page_address(name: str = "refine.at_page") -> Any:
+    """A free page-aligned address, written as a 52-bit page number and a zero offset: a level-1
+    8-byte read there stays on one page without adder reasoning (proving a clause for every page
+    number is its ForAll over page-aligned addresses)."""
+    return z3.Concat(z3.BitVec(name, 52), z3.BitVecVal(0, 12))
+
+
 def reaper_related(s2: d.KState, layout: tuple) -> Any:
     """Level 2's reaper is none of the shape's pids (level 1's is the REAPER sentinel)."""
     return z3.And(*[d._as_bool(d.ne(s2.reaper, pid)) for pid in sorted(set(layout))], d._as_bool(d.ne(s2.reaper, 0)))
